@@ -27,3 +27,11 @@ def _fresh_settings():
     reset_settings()
     yield
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def registered():
+    """The functions registered in function_app.py, by name (get_functions() works once per process)."""
+    import function_app
+
+    return {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}

@@ -1,0 +1,151 @@
+"""The process-wide wiring: settings, routing config, storage clients and services, built lazily.
+
+Nothing is built at import time, so ``function_app`` always imports (the host lists every function)
+and a missing or wrong setting fails the first invocation with a message naming it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+from . import connections, messages, tables
+from .clock import Clock, SystemClock
+from .config import RoutingConfig, load_config
+from .settings import HOST_STORAGE, LAKE_STORAGE, Settings
+
+
+class App:
+    """Everything a function needs, created on first use and then reused by the warm instance."""
+
+    def __init__(self, settings: Settings | None = None, *, env: Mapping[str, str] | None = None,
+                 clock: Clock | None = None, config: RoutingConfig | None = None,
+                 credential: Any = None) -> None:
+        self.env = env
+        self.settings = settings or Settings.from_env(env)
+        self.clock = clock or SystemClock()
+        if config is not None:
+            self.__dict__["config"] = config
+        if credential is not None:
+            self.__dict__["credential"] = credential
+        self._lock = threading.Lock()
+
+    @cached_property
+    def config(self) -> RoutingConfig:
+        return load_config(self.settings.refresh_config)
+
+    # storage -----------------------------------------------------------------------------------
+    @cached_property
+    def lake(self) -> Any:
+        """ContainerClient of the gold container (connection LAKE_STORAGE)."""
+        service = connections.blob_service(LAKE_STORAGE, self.settings.storage_timeout, self.env)
+        return service.get_container_client(self.settings.gold_container)
+
+    @cached_property
+    def _tables(self) -> Any:
+        return connections.table_service(HOST_STORAGE, self.settings.storage_timeout, self.env)
+
+    @cached_property
+    def state_table(self) -> Any:
+        return tables.ensure_table(self._tables, self.settings.state_table)
+
+    @cached_property
+    def outcomes_table(self) -> Any:
+        return tables.ensure_table(self._tables, self.settings.outcomes_table)
+
+    @cached_property
+    def queue_service(self) -> Any:
+        return connections.queue_service(HOST_STORAGE, self.settings.storage_timeout, self.env)
+
+    @cached_property
+    def queue(self) -> Any:
+        from azure.core.exceptions import ResourceExistsError
+
+        client = messages.queue_client(self.queue_service, self.settings.refresh_queue)
+        try:
+            client.create_queue()
+        except ResourceExistsError:
+            pass
+        return client
+
+    # services ----------------------------------------------------------------------------------
+    @cached_property
+    def watermarks(self) -> Any:
+        from .watermarks import Watermarks
+
+        return Watermarks(self.state_table)
+
+    @cached_property
+    def outcomes(self) -> Any:
+        from .outcomes import Outcomes
+
+        return Outcomes(self.outcomes_table, self.state_table)
+
+    @cached_property
+    def states(self) -> Any:
+        from .pending import DatasetStates
+
+        outcomes = self.outcomes
+        return DatasetStates(self.state_table, self.queue, self.clock,
+                             on_created=lambda key, job: outcomes.create(key, job.job_id, self.clock.now(),
+                                                                         queued_fields(job)))
+
+    @cached_property
+    def credential(self) -> Any:
+        """azure-identity credential for Power BI: managed identity in Azure, a service principal from
+        AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or az login on a laptop."""
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    @cached_property
+    def powerbi(self) -> Any:
+        from .powerbi.client import PowerBIClient
+
+        return PowerBIClient(self.settings.powerbi_api_url, self.settings.powerbi_scope, self.credential,
+                             timeout=self.settings.powerbi_timeout)
+
+    @cached_property
+    def worker(self) -> Any:
+        from .worker import Worker
+
+        return Worker(config=self.config, states=self.states, outcomes=self.outcomes, queue=self.queue,
+                      powerbi=self.powerbi, clock=self.clock, max_retry_after=self.settings.max_retry_after)
+
+    @cached_property
+    def detector(self) -> Any:
+        from .deltalog import BlobLogReader
+        from .detect import Detector
+
+        lake = self.lake
+        return Detector(self.config, self.watermarks, self.states, lambda t: BlobLogReader(lake, t), self.clock)
+
+
+def queued_fields(job: Any) -> dict[str, Any]:
+    """Outcome-row fields of a job that was just created."""
+    return {"status": "Queued", "trigger": job.trigger, "triggers": job.triggers, "requested_by": job.requested_by,
+            "reasons": job.reasons, "model_tables": job.objects() or [], "due_at": job.due_at,
+            "sources": {t: {"first_version": s.first_version, "last_version": s.last_version,
+                            "commits": s.commits} for t, s in job.sources.items()}}
+
+
+_app: App | None = None
+_app_lock = threading.Lock()
+
+
+def get_app() -> App:
+    """The process's :class:`App` (created on first call)."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = App()
+        return _app
+
+
+def set_app(app: App | None) -> None:
+    """Replace the process's App (tests and the local runtime)."""
+    global _app
+    with _app_lock:
+        _app = app

@@ -1,0 +1,83 @@
+"""The bodies of the functions bound in ``function_app.py``: a few lines each, calling into the package."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import events
+from .app import get_app
+
+log = logging.getLogger(__name__)
+
+
+def on_delta_commit(blob: Any) -> None:
+    """Blob trigger: a blob appeared under the gold container."""
+    app = get_app()
+    hint = events.hint_from_blob_path(blob.name or "", app.settings.gold_container)
+    if hint is None:
+        log.info("blob %s is not a Delta commit; ignored", blob.name)
+        return
+    app.detector.process(hint.table, hint.version)
+
+
+def on_lake_event(event: Any) -> None:
+    """Event Grid trigger: BlobCreated / BlobRenamed on the lake account."""
+    app = get_app()
+    try:
+        data = event.get_json()
+    except ValueError:
+        data = None
+    hint = events.hint_from_event(event.event_type, event.subject, data, app.settings.gold_container)
+    if hint is None:
+        log.info("event %s (%s %s) is not about a gold Delta commit; ignored",
+                 event.id, event.event_type, event.subject)
+        return
+    app.detector.process(hint.table, hint.version)
+
+
+def sweep_delta_logs(timer: Any) -> None:
+    """Timer: probe every configured table for commits the events missed."""
+    from .sweep import sweep
+
+    app = get_app()
+    if getattr(timer, "past_due", False):
+        log.info("sweep is running late (past due)")
+    sweep(app.detector, app.watermarks, app.lake, app.states, app.settings.sweep_concurrency)
+
+
+def _max_dequeue_count() -> int:
+    import json
+    from functools import lru_cache
+
+    @lru_cache(maxsize=1)
+    def read() -> int:
+        from .settings import APP_ROOT
+
+        try:
+            host = json.loads((APP_ROOT / "host.json").read_text())
+            return int(host["extensions"]["queues"]["maxDequeueCount"])
+        except (OSError, KeyError, ValueError):
+            return 5
+
+    return read()
+
+
+def run_refresh_job(msg: Any) -> None:
+    """Queue trigger: one step of a refresh job (start it, or check on it)."""
+    get_app().worker.handle(msg.get_body(), dequeue_count=msg.dequeue_count or 1,
+                            max_dequeue_count=_max_dequeue_count(), message_id=msg.id)
+
+
+def on_refresh_poison(msg: Any) -> None:
+    """Queue trigger on the poison queue: record whatever still lands there."""
+    from . import messages
+
+    worker = get_app().worker
+    try:
+        job = messages.decode(msg.get_body())
+    except messages.BadMessage as exc:
+        worker.handle(msg.get_body(), message_id=msg.id)  # records it as rejected
+        log.error("poison message %s could not be parsed: %s", msg.id, exc)
+        return
+    worker.give_up(job, f"message moved to the poison queue after {msg.dequeue_count or '?'} deliveries")

@@ -1,0 +1,263 @@
+"""Pending refresh jobs: at most one per dataset, coalescing every change that arrives before it runs.
+
+State lives in ``STATE_TABLE``, one entity per dataset (PartitionKey ``dataset``, RowKey the dataset
+key), updated only with ETag guards:
+
+* ``pending`` (JSON): the job waiting to run (see :class:`PendingJob`), or absent;
+* ``enqueued``: whether the job's queue message was sent (a crash between recording and sending is
+  repaired by the sweep, see :meth:`DatasetStates.repair_unsent`);
+* ``covered`` (JSON ``{table: version}``): the newest Delta version of each source table already
+  put into a job of this dataset. It is written in the same ETag-guarded write as the job, so a
+  re-run of detection after a crash never puts the same commit into a second job, even when the
+  first job has already been taken by the worker.
+
+The queue message is sent once, when a job is created, delayed until the job is due
+(``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
+first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
+remainder of the wait (refresh/worker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import messages, tables
+from .clock import Clock, iso, parse_iso
+
+log = logging.getLogger(__name__)
+
+PK_DATASET = "dataset"
+MAX_CONFLICT_RETRIES = 20
+
+
+@dataclass
+class SourceChange:
+    """What one source table contributed to a job."""
+
+    first_version: int
+    last_version: int
+    commits: int
+
+
+@dataclass
+class PendingJob:
+    """A refresh waiting to run for one dataset."""
+
+    job_id: str
+    trigger: str                      # first trigger: commit | schedule | manual
+    created_at: str
+    last_change_at: str
+    due_at: str
+    whole_model: bool = False
+    model_tables: list[str] = field(default_factory=list)
+    sources: dict[str, SourceChange] = field(default_factory=dict)
+    triggers: list[str] = field(default_factory=list)
+    requested_by: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    refresh_type: str | None = None   # manual override of the enhanced refresh type
+    workspace: str | None = None      # for ad-hoc (unconfigured) datasets
+    dataset: str | None = None
+    scheduled_for: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PendingJob:
+        data = dict(data)
+        data["sources"] = {t: SourceChange(**s) for t, s in data.get("sources", {}).items()}
+        return cls(**data)
+
+    def objects(self) -> list[str] | None:
+        """Model tables to refresh, or None for the whole model."""
+        return None if self.whole_model or not self.model_tables else list(self.model_tables)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One contribution to a dataset's pending job."""
+
+    trigger: str
+    debounce_seconds: int
+    max_delay_seconds: int
+    model_tables: frozenset[str] | None        # None = the whole model
+    table: str | None = None                    # commit changes: the source table ...
+    versions: tuple[int, ...] = ()              # ... and its data-changing versions
+    requested_by: str | None = None
+    reason: str | None = None
+    refresh_type: str | None = None
+    workspace: str | None = None
+    dataset: str | None = None
+    scheduled_for: str | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Result of :meth:`DatasetStates.record`."""
+
+    job_id: str | None     # None when nothing new was recorded (all versions already covered)
+    created: bool          # a new job (and a queue message) was created
+    due_at: str | None = None
+
+
+class DatasetStates:
+    """Reads and updates the per-dataset state entities."""
+
+    def __init__(self, table: Any, queue: Any, clock: Clock,
+                 on_created: Callable[[str, PendingJob], None] | None = None) -> None:
+        self.table = table
+        self.queue = queue
+        self.clock = clock
+        self.on_created = on_created  # e.g. create the job's outcome row (status Queued)
+
+    def get(self, dataset: str) -> Any | None:
+        return tables.get_entity(self.table, PK_DATASET, tables.row_key(dataset))
+
+    def pending(self, dataset: str) -> PendingJob | None:
+        return pending_of(self.get(dataset))
+
+    def record(self, dataset: str, change: Change) -> Recorded:
+        """Merge ``change`` into the dataset's pending job (creating it if none), ETag-guarded.
+
+        Idempotent for commit changes: versions already covered for that table are ignored.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            now = self.clock.now()
+            updated, result = _merge(entity, dataset, change, now)
+            if updated is None:
+                return result
+            try:
+                etag = tables.write(self.table, updated, entity.metadata["etag"] if entity else None)
+            except tables.Conflict:
+                continue
+            if result.created:
+                if self.on_created is not None:
+                    self.on_created(dataset, pending_of(updated))
+                self._send(dataset, result.job_id, result.due_at, etag)
+            return result
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+
+    def _send(self, dataset: str, job_id: str, due_at: str, etag: str | None) -> None:
+        now = self.clock.now()
+        delay = (parse_iso(due_at) - now).total_seconds()
+        messages.send(self.queue, messages.JobMessage.new("job", dataset, job_id, now), delay)
+        self._mark_sent(dataset, job_id)
+
+    def _mark_sent(self, dataset: str, job_id: str) -> None:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            job = pending_of(entity)
+            if job is None or job.job_id != job_id or tables.value(entity, "enqueued"):
+                return
+            entity["enqueued"] = True
+            try:
+                tables.write(self.table, dict(entity), entity.metadata["etag"])
+                return
+            except tables.Conflict:
+                continue
+
+    def repair_unsent(self, older_than_seconds: float = 60) -> int:
+        """Send the message of any pending job whose sender crashed before sending it."""
+        now = self.clock.now()
+        repaired = 0
+        for entity in self.table.query_entities(
+            "PartitionKey eq @pk and enqueued eq false", parameters={"pk": PK_DATASET}
+        ):
+            job = pending_of(entity)
+            if job is None:
+                continue
+            if (now - parse_iso(job.created_at)).total_seconds() < older_than_seconds:
+                continue
+            dataset = tables.from_row_key(entity["RowKey"])
+            log.warning("dataset %s: job %s had no queue message; sending it now", dataset, job.job_id)
+            self._send(dataset, job.job_id, job.due_at, None)
+            repaired += 1
+        return repaired
+
+    def update(self, dataset: str, mutate: Callable[[dict], bool]) -> Any | None:
+        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
+
+        ``mutate`` returns False to leave the entity unchanged. Returns the entity as written (or None).
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+            if not mutate(data):
+                return entity
+            try:
+                tables.write(self.table, data, entity.metadata["etag"] if entity else None)
+                return data
+            except tables.Conflict:
+                continue
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+
+
+def pending_of(entity: Any | None) -> PendingJob | None:
+    data = tables.get_json(entity, "pending")
+    return PendingJob.from_dict(data) if data else None
+
+
+def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict | None, Recorded]:
+    covered: dict[str, int] = tables.get_json(entity, "covered", {}) or {}
+    versions: tuple[int, ...] = ()
+    if change.table is not None:
+        seen = covered.get(change.table, -1)
+        versions = tuple(sorted(v for v in change.versions if v > seen))
+        if not versions:
+            return None, Recorded(job_id=None, created=False)
+        covered[change.table] = versions[-1]
+
+    job = pending_of(entity)
+    created = job is None
+    if job is None:
+        job = PendingJob(job_id=uuid.uuid4().hex, trigger=change.trigger, created_at=iso(now),
+                         last_change_at=iso(now), due_at=iso(now))
+    job.last_change_at = iso(now)
+    if change.trigger not in job.triggers:
+        job.triggers.append(change.trigger)
+    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [], 20)
+    _add_unique(job.reasons, [change.reason] if change.reason else [], 20)
+    if change.refresh_type:
+        job.refresh_type = change.refresh_type
+    for name in ("workspace", "dataset", "scheduled_for"):
+        if getattr(change, name):
+            setattr(job, name, getattr(change, name))
+    if change.model_tables is None:
+        job.whole_model = True
+        job.model_tables = []
+    elif not job.whole_model:
+        job.model_tables = sorted(set(job.model_tables) | set(change.model_tables))
+    if change.table is not None:
+        src = job.sources.get(change.table)
+        if src is None:
+            job.sources[change.table] = SourceChange(versions[0], versions[-1], len(versions))
+        else:
+            src.first_version = min(src.first_version, versions[0])
+            src.last_version = max(src.last_version, versions[-1])
+            src.commits += len(versions)
+    created_at = parse_iso(job.created_at)
+    due = min(now + timedelta(seconds=change.debounce_seconds),
+              created_at + timedelta(seconds=change.max_delay_seconds))
+    if not created:
+        # a later change never makes a job due earlier than an explicit request asked (manual = now)
+        due = max(due, now) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
+    job.due_at = iso(max(due, created_at))
+
+    data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+    tables.put_json(data, "pending", job.to_dict())
+    tables.put_json(data, "covered", covered)
+    if created:
+        data["enqueued"] = False
+    return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at)
+
+
+def _add_unique(target: list[str], items: Iterable[str], cap: int) -> None:
+    for item in items:
+        if item not in target and len(target) < cap:
+            target.append(item)

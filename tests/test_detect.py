@@ -1,0 +1,384 @@
+"""Detection end to end: Delta commits in Azurite -> functions' entry points -> pending jobs + queue."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from refresh import messages, tables
+from refresh.app import set_app
+from refresh.deltalog import commit_file_name
+from refresh.pending import pending_of
+from refresh.testing import events as ev
+from refresh.testing.harness import make_app
+
+CONFIG = {
+    "datasets": {
+        "sales": {
+            "workspace": "Finance Analytics", "dataset": "Sales Model",
+            "sources": [{"table": "sales/fact_orders", "model_tables": ["Orders"]},
+                        {"table": "sales/dim_*"}],
+            "debounce_seconds": 60, "max_delay_seconds": 900,
+        },
+        "ops": {
+            "workspace": "Ops", "dataset": "Ops Model",
+            "sources": [{"table": "sales/fact_orders", "model_tables": ["Orders", "Backlog"]},
+                        {"table": "ops/**", "model_tables": ["Ops"]}],
+            "debounce_seconds": 0, "max_delay_seconds": 0,
+        },
+    }
+}
+
+
+class Lake:
+    """One test's lake + app, with helpers to write commits and deliver events."""
+
+    def __init__(self, azurite, registered, token: str) -> None:
+        self.azurite = azurite
+        self.fn = registered
+        self.app = make_app(azurite.connection_string, CONFIG, token=token)
+        self.container = self.app.settings.gold_container
+        self.base = f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1"
+        set_app(self.app)
+
+    # writing ------------------------------------------------------------------------------------
+    def uri(self, table: str) -> str:
+        return f"az://{self.container}/{table}"
+
+    def write(self, table: str, rows: dict, mode: str = "append", **kw) -> int:
+        write_deltalake(self.uri(table), pa.table(rows), mode=mode,
+                        storage_options=self.azurite.deltalake_options(), **kw)
+        return self.dt(table).version()
+
+    def dt(self, table: str) -> DeltaTable:
+        return DeltaTable(self.uri(table), storage_options=self.azurite.deltalake_options())
+
+    def put_raw(self, table: str, version: int, lines: list[dict] | bytes) -> None:
+        body = lines if isinstance(lines, bytes) else "\n".join(json.dumps(x) for x in lines).encode()
+        self.app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(version)}", body, overwrite=True)
+
+    # delivering ---------------------------------------------------------------------------------
+    def blob_trigger(self, table: str, version: int) -> None:
+        import azure.functions.blob as fb
+
+        name = f"{self.container}/{table}/_delta_log/{commit_file_name(version)}"
+        self.fn["on_delta_commit"](fb.InputStream(data=b"{}", name=name, length=2,
+                                                  uri=f"{self.base}/{name}"))
+
+    def event(self, event: dict) -> None:
+        self.fn["on_lake_event"](ev.to_function_event(event))
+
+    def created(self, table: str, version: int, api: str = "PutBlob") -> None:
+        self.event(ev.blob_created(self.base, self.container, f"{table}/_delta_log/{commit_file_name(version)}",
+                                   api=api))
+
+    def sweep(self) -> None:
+        import azure.functions.timer as ft
+
+        self.fn["sweep_delta_logs"](ft.TimerRequest(past_due=False))
+
+    # reading ------------------------------------------------------------------------------------
+    def pending(self, dataset: str):
+        return pending_of(self.app.states.get(dataset))
+
+    def queued(self) -> int:
+        return self.app.queue.get_queue_properties().approximate_message_count
+
+    def visible_messages(self) -> list[messages.JobMessage]:
+        return [messages.decode(m.content) for m in self.app.queue.receive_messages(max_messages=32)]
+
+    def watermark(self, table: str):
+        return self.app.watermarks.get(table)
+
+
+@pytest.fixture
+def lake(azurite, registered, unique):
+    yield Lake(azurite, registered, unique)
+    set_app(None)
+
+
+def add_line(path: str, data_change: bool = True, pv: dict | None = None) -> dict:
+    return {"add": {"path": path, "partitionValues": pv or {}, "size": 10, "modificationTime": 1,
+                    "dataChange": data_change}}
+
+
+def info(op: str = "WRITE") -> dict:
+    return {"commitInfo": {"timestamp": 1_700_000_000_000, "operation": op}}
+
+
+def test_delta_rs_append_creates_one_job_per_listening_dataset(lake):
+    assert lake.write("sales/fact_orders", {"id": [1], "amount": [10.0]}) == 0
+    lake.sweep()  # first sight: starts at the latest version, no replay of history
+    assert lake.pending("sales") is None and lake.pending("ops") is None
+    v = lake.write("sales/fact_orders", {"id": [2], "amount": [20.0]})
+    lake.blob_trigger("sales/fact_orders", v)
+
+    sales, ops = lake.pending("sales"), lake.pending("ops")
+    assert sales.model_tables == ["Orders"] and not sales.whole_model
+    assert ops.model_tables == ["Backlog", "Orders"]
+    assert sales.sources["sales/fact_orders"].first_version == v == sales.sources["sales/fact_orders"].last_version
+    assert sales.trigger == "commit"
+    assert lake.queued() == 2
+    # ops has no debounce: its message is visible now; sales waits 60 s
+    visible = lake.visible_messages()
+    assert [(m.type, m.dataset, m.job_id) for m in visible] == [("job", "ops", ops.job_id)]
+    assert lake.watermark("sales/fact_orders").version == v
+
+
+def test_first_sight_through_an_event_processes_the_announced_commit(lake):
+    for i in range(3):
+        lake.write("sales/fact_orders", {"id": [i], "amount": [1.0]})
+    lake.created("sales/fact_orders", 2)
+    job = lake.pending("sales")
+    assert job is not None and job.sources["sales/fact_orders"].first_version == 2
+    assert job.sources["sales/fact_orders"].commits == 1
+
+
+def test_optimize_vacuum_and_properties_do_not_refresh(lake):
+    for i in range(4):
+        lake.write("sales/fact_orders", {"id": [i], "amount": [1.0]})
+    lake.sweep()
+    start = lake.watermark("sales/fact_orders").version
+    dt = lake.dt("sales/fact_orders")
+    dt.optimize.compact()
+    dt = lake.dt("sales/fact_orders")
+    dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    dt = lake.dt("sales/fact_orders")
+    dt.alter.set_table_properties({"delta.logRetentionDuration": "interval 30 days"})
+    dt.create_checkpoint()
+    end = lake.dt("sales/fact_orders").version()
+    assert end >= start + 3
+    for v in range(start + 1, end + 1):
+        lake.blob_trigger("sales/fact_orders", v)
+    assert lake.pending("sales") is None and lake.queued() == 0
+    assert lake.watermark("sales/fact_orders").version == end
+
+
+def test_merge_delete_and_overwrite_refresh(lake):
+    lake.write("sales/dim_customer", {"id": [1, 2], "name": ["a", "b"]})
+    lake.sweep()
+    dt = lake.dt("sales/dim_customer")
+    (dt.merge(pa.table({"id": [2, 3], "name": ["B", "c"]}), "s.id = t.id", source_alias="s", target_alias="t")
+       .when_matched_update_all().when_not_matched_insert_all().execute())
+    lake.dt("sales/dim_customer").delete("id = 1")
+    lake.write("sales/dim_customer", {"id": [9], "name": ["z"]}, mode="overwrite")
+    lake.sweep()
+    job = lake.pending("sales")
+    assert job.whole_model  # dim_* names no model tables
+    assert job.sources["sales/dim_customer"].commits == 3
+    assert lake.pending("ops") is None  # ops does not listen to dimensions
+
+
+def test_events_for_non_commits_are_ignored(lake):
+    lake.write("sales/fact_orders", {"id": [1], "amount": [1.0]})
+    lake.sweep()
+    names = [
+        "sales/fact_orders/_delta_log/00000000000000000001.checkpoint.parquet",
+        "sales/fact_orders/_delta_log/_last_checkpoint",
+        "sales/fact_orders/_delta_log/.00000000000000000001.json.8a1b.tmp",
+        "sales/fact_orders/_delta_log/_commit_5f2e.json.tmp",
+        "sales/fact_orders/_delta_log/00000000000000000001.crc",
+        "sales/fact_orders/_delta_log/_staged_commits/00000000000000000001.abc.json",
+        "sales/fact_orders/part-0001.parquet",
+    ]
+    for name in names:
+        lake.event(ev.blob_created(lake.base, lake.container, name))
+    lake.event(ev.blob_created(lake.base, "silver", "sales/fact_orders/_delta_log/00000000000000000001.json"))
+    assert lake.pending("sales") is None and lake.queued() == 0
+
+
+def test_flush_with_close_and_spark_rename_events(lake):
+    lake.write("ops/area/backlog", {"id": [1]})
+    lake.sweep()
+    v1 = lake.write("ops/area/backlog", {"id": [2]})
+    lake.created("ops/area/backlog", v1, api="FlushWithClose")
+    job = lake.pending("ops")
+    assert job.sources["ops/area/backlog"].last_version == v1 and job.model_tables == ["Ops"]
+    v2 = lake.write("ops/area/backlog", {"id": [3]})
+    tmp = f"ops/area/backlog/_delta_log/.{commit_file_name(v2)}.{uuid.uuid4()}.tmp"
+    lake.event(ev.blob_created(lake.base, lake.container, tmp, api="FlushWithClose"))  # the temp file: ignored
+    assert lake.pending("ops").sources["ops/area/backlog"].last_version == v1
+    lake.event(ev.blob_renamed("https://lake.blob.core.windows.net", lake.container, tmp,
+                               f"ops/area/backlog/_delta_log/{commit_file_name(v2)}"))
+    assert lake.pending("ops").sources["ops/area/backlog"].last_version == v2
+
+
+def test_url_encoded_names_in_events(lake):
+    table = "ops/my area/back log"
+    lake.write(table, {"id": [1]})
+    lake.sweep()
+    v = lake.write(table, {"id": [2]})
+    lake.created(table, v)
+    assert lake.pending("ops").sources[table].last_version == v
+
+
+def test_duplicate_and_reordered_events_give_each_version_once(lake):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    for v in range(1, 6):
+        lake.put_raw("sales/fact_orders", v, [info(), add_line(f"p{v}")])
+    for v in (3, 5, 1, 3, 2, 5, 4, 1):
+        lake.created("sales/fact_orders", v)
+    src = lake.pending("sales").sources["sales/fact_orders"]
+    assert (src.first_version, src.last_version, src.commits) == (1, 5, 5)
+    assert lake.queued() == 2  # one job message per dataset, however many events
+
+
+def test_burst_of_1000_commits_yields_one_job_per_dataset(lake):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.put_raw("sales/dim_store", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    for v in range(1, 501):
+        lake.put_raw("sales/fact_orders", v, [info(), add_line(f"f{v}")])
+        lake.put_raw("sales/dim_store", v, [info(), add_line(f"d{v}")])
+    for v in range(1, 501, 7):  # some events arrive, most are lost
+        lake.created("sales/fact_orders", v)
+    lake.sweep()
+    job = lake.pending("sales")
+    assert job.sources["sales/fact_orders"].commits == 500
+    assert job.sources["sales/dim_store"].commits == 500
+    assert job.whole_model
+    assert lake.queued() == 2
+    assert lake.watermark("sales/dim_store").version == 500
+
+
+def test_two_sweeps_racing_record_each_commit_once(lake):
+    lake.put_raw("ops/a/t1", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.put_raw("ops/b/t2", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    for v in range(1, 41):
+        lake.put_raw("ops/a/t1", v, [info(), add_line(f"x{v}")])
+        lake.put_raw("ops/b/t2", v, [info(), add_line(f"y{v}")])
+    barrier = threading.Barrier(4)
+
+    def run():
+        barrier.wait()
+        lake.sweep()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    job = lake.pending("ops")
+    assert job.sources["ops/a/t1"].commits == 40 and job.sources["ops/b/t2"].commits == 40
+    assert lake.queued() == 1
+
+
+def test_crash_between_recording_and_moving_the_watermark(lake, monkeypatch):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    for v in (1, 2):
+        lake.put_raw("sales/fact_orders", v, [info(), add_line(f"p{v}")])
+    real_save = lake.app.watermarks.save
+
+    def crash(mark):
+        raise RuntimeError("instance died")
+
+    monkeypatch.setattr(lake.app.watermarks, "save", crash)
+    with pytest.raises(RuntimeError):
+        lake.created("sales/fact_orders", 2)
+    assert lake.pending("sales").sources["sales/fact_orders"].commits == 2
+    assert lake.watermark("sales/fact_orders").version == 0
+    # the worker takes the job before detection re-runs
+    lake.app.states.update("sales", lambda e: bool(tables.put_json(e, "pending", None)) or True)
+    monkeypatch.setattr(lake.app.watermarks, "save", real_save)
+    lake.created("sales/fact_orders", 2)  # redelivered event
+    assert lake.pending("sales") is None  # nothing doubled
+    assert lake.watermark("sales/fact_orders").version == 2
+    lake.put_raw("sales/fact_orders", 3, [info(), add_line("p3")])
+    lake.created("sales/fact_orders", 3)
+    assert lake.pending("sales").sources["sales/fact_orders"].first_version == 3
+
+
+def test_crash_before_the_queue_message_is_repaired_by_the_sweep(lake, monkeypatch):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    lake.put_raw("sales/fact_orders", 1, [info(), add_line("b")])
+    real_send = messages.send
+    monkeypatch.setattr(messages, "send", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("died")))
+    with pytest.raises(RuntimeError):
+        lake.created("sales/fact_orders", 1)  # routes go in key order: "ops" is recorded, its send dies
+    assert lake.queued() == 0
+    assert tables.value(lake.app.states.get("ops"), "enqueued") is False
+    monkeypatch.setattr(messages, "send", real_send)
+    lake.sweep()  # re-reads version 1: "sales" gets its job now; "ops" is too fresh to repair
+    assert lake.queued() == 1
+    assert lake.pending("ops").sources["sales/fact_orders"].commits == 1
+    lake.app.clock.advance(61)
+    lake.sweep()
+    assert lake.queued() == 2
+    assert tables.value(lake.app.states.get("ops"), "enqueued") is True
+    lake.sweep()
+    assert lake.queued() == 2
+
+
+def test_malformed_commit_is_recorded_retried_and_others_carry_on(lake):
+    for t in ("sales/fact_orders", "sales/dim_store"):
+        lake.put_raw(t, 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    lake.put_raw("sales/fact_orders", 1, [info(), add_line("b")])
+    lake.put_raw("sales/fact_orders", 2, b'{"commitInfo":{}}\n{"add": {"path": "x", "dataChange": tru')
+    lake.put_raw("sales/dim_store", 1, [info(), add_line("c")])
+    lake.sweep()
+    mark = lake.watermark("sales/fact_orders")
+    assert mark.version == 1 and mark.error_version == 2
+    assert "sales/fact_orders" in mark.error and "version 2" in mark.error and "line 2" in mark.error
+    assert lake.pending("sales").sources["sales/dim_store"].commits == 1
+    lake.sweep()  # retried, still broken, not advanced
+    assert lake.watermark("sales/fact_orders").version == 1
+    lake.put_raw("sales/fact_orders", 2, [info(), add_line("fixed")])
+    lake.sweep()
+    mark = lake.watermark("sales/fact_orders")
+    assert mark.version == 2 and mark.error == ""
+    assert lake.pending("sales").sources["sales/fact_orders"].last_version == 2
+
+
+def test_version_gap_is_skipped_once_and_recorded(lake):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    lake.put_raw("sales/fact_orders", 9999, [info(), add_line("z")])
+    lake.sweep()  # no hint: version 1 is absent, nothing to do, no loop
+    assert lake.watermark("sales/fact_orders").version == 0
+    lake.created("sales/fact_orders", 9999)
+    mark = lake.watermark("sales/fact_orders")
+    assert mark.version == 9999 and "1..9998" in mark.gap
+    assert lake.pending("sales").sources["sales/fact_orders"].first_version == 9999
+
+
+def test_debounce_and_max_delay(lake):
+    lake.put_raw("sales/fact_orders", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.sweep()
+    clock = lake.app.clock
+    start = clock.now()
+    for v in range(1, 18):  # a commit every 50 s, from t=0 to t=800
+        lake.put_raw("sales/fact_orders", v, [info(), add_line(f"p{v}")])
+        lake.created("sales/fact_orders", v)
+        if v == 5:  # t=200: due one debounce (60 s) after the latest commit
+            assert (ev_time(lake.pending("sales").due_at) - start).total_seconds() == 260
+        clock.advance(50)
+    job = lake.pending("sales")
+    # latest commit at t=800 would make it t=860; at t=850 another one: capped at 900 after the first
+    lake.put_raw("sales/fact_orders", 18, [info(), add_line("p18")])
+    lake.created("sales/fact_orders", 18)
+    job = lake.pending("sales")
+    assert (ev_time(job.due_at) - start).total_seconds() == 900
+    assert (ev_time(job.created_at) - start).total_seconds() == 0
+    assert job.sources["sales/fact_orders"].commits == 18
+
+
+def ev_time(text):
+    from refresh.clock import parse_iso
+
+    return parse_iso(text)
+
+
+def test_tables_no_dataset_listens_to_are_not_tracked(lake):
+    lake.put_raw("finance/other", 0, [info("CREATE TABLE"), add_line("a")])
+    lake.created("finance/other", 0)
+    assert lake.watermark("finance/other") is None
