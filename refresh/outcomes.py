@@ -26,6 +26,12 @@ PK_JOB_INDEX = "job"
 END_STATES = frozenset({"Completed", "Failed", "Cancelled", "TimedOut", "Disabled", "NotRefreshable",
                         "Skipped", "Rejected"})
 _MAX_MS = 10**13
+COLUMNS = (
+    "job_id", "dataset_key", "status", "detail", "trigger", "triggers", "requested_by", "reasons", "sources",
+    "model_tables", "workspace_id", "workspace_name", "dataset_id", "dataset_name", "refresh_type",
+    "request_id", "attempts", "queued_at", "due_at", "started_at", "ended_at", "duration_seconds",
+    "error_code", "error_message", "messages",
+)
 JSON_COLUMNS = ("sources", "model_tables", "requested_by", "triggers", "reasons", "messages")
 
 
@@ -151,6 +157,8 @@ def to_public(entity: Any) -> dict[str, Any]:
         if isinstance(value, datetime):
             value = iso(value)
         out[key] = value
+    for column in COLUMNS:
+        out.setdefault(column, None)
     out.setdefault("dataset", out.get("dataset_key"))
     return out
 

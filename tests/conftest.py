@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,50 @@ def registered():
     import function_app
 
     return {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+
+
+SWAGGER = Path(__file__).resolve().parent / "data" / "powerbi-swagger.json"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "invalid_requests(n): the test sends exactly n requests that the swagger rejects"
+    )
+
+
+@pytest.fixture(scope="session")
+def validator():
+    from refresh.powerbi.swagger import SwaggerValidator
+
+    return SwaggerValidator(SWAGGER)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_without_proxy(monkeypatch):
+    """Loopback traffic must never go to a proxy configured in the environment."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def sim(validator, request):
+    """A started Power BI simulator; at teardown every request it received (and every success answer)
+    is validated against the official swagger."""
+    from refresh.powerbi.simulator import PowerBISimulator
+    from refresh.powerbi.swagger import SwaggerMismatch
+
+    with PowerBISimulator() as simulator:
+        yield simulator
+    mismatches = []
+    for recorded in simulator.requests:
+        try:
+            validator.validate(recorded.method, recorded.path, recorded.query, recorded.body)
+            if recorded.status is not None and 200 <= recorded.status < 300:
+                validator.validate_response(recorded.method, recorded.path, recorded.status, recorded.response)
+        except SwaggerMismatch as exc:
+            mismatches.append(f"{recorded.method} {recorded.path}?{recorded.raw_query}: {exc}")
+    marker = request.node.get_closest_marker("invalid_requests")
+    expected = marker.args[0] if marker else 0
+    if len(mismatches) != expected:
+        pytest.fail(f"expected {expected} swagger mismatch(es), got {len(mismatches)}:\n" + "\n".join(mismatches),
+                    pytrace=False)

@@ -30,5 +30,10 @@ def make_app(connection_string: str, config: dict[str, Any], *, token: str | Non
     """An App on Azurite with ``config`` (a routing-config dict) and a fake clock by default."""
     env = storage_env(connection_string, token, **extra)
     app = App(env=env, clock=clock or FakeClock(), config=parse_config(config, "<test>"))
-    app.lake.create_container()
+    from azure.core.exceptions import ResourceExistsError
+
+    try:
+        app.lake.create_container()
+    except ResourceExistsError:
+        pass
     return app

@@ -1,0 +1,608 @@
+"""``PowerBIClient``: the few Power BI REST calls this app needs, on ``requests``.
+
+Design rules (see shared/notes/powerbi-api.md):
+
+* A token is asked of the credential on **every** call (azure-identity caches and renews), so a
+  refresh that outlives the ~1 h token lifetime is followed to the end.
+* A 401, or a 403 whose body says the token expired (Power BI answers ``403 TokenExpired``
+  rather than 401), gets exactly **one** retry with a fresh token. azure-identity hands out
+  its cached token until shortly before ``expires_on``, so a plain ``get_token`` could return
+  the very token that was just refused. The retry therefore passes ``claims``: a claims
+  challenge makes MSAL bypass its access-token cache (documented for
+  ``acquire_token_for_client`` / ``acquire_token_silent_with_error``; ManagedIdentityCredential
+  then calls the identity endpoint again). The claims are those of the service's
+  ``WWW-Authenticate: Bearer ... claims="<base64>"`` challenge when it sends one, else the
+  standard "token issued after now" challenge ``{"access_token":{"nbf":{"essential":true,
+  "value":"<epoch>"}}}``. A credential that cannot take claims (a ``get_token`` without the
+  keyword, or AzureCliCredential, which refuses claims with CredentialUnavailableError) is
+  asked once more without them; whatever it returns is used for the single retry.
+* The client never sleeps and never loops on 429/5xx: it raises the matching error from
+  :mod:`refresh.powerbi.errors` (with ``retry_after``) and the queue worker re-queues.
+* Refresh ids come from the POST's ``x-ms-request-id``, else ``RequestId``, else the last path
+  segment of ``Location``. A refresh is never looked up as "the latest one".
+* OData string literals are quoted per the OData ABNF (``'`` doubled) and the whole value is
+  percent-encoded (space ``%20``, ``'`` ``%27``, UTF-8 for the rest).
+* Token failures: ``ClientAuthenticationError`` (incl. CredentialUnavailableError) from the
+  credential becomes :class:`AuthenticationError`; a network failure reaching the identity
+  endpoint (azure-core ``ServiceRequestError``/``ServiceResponseError``) becomes a retryable
+  :class:`TransportError`, since it says nothing about the identity's validity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import requests
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.identity import CredentialUnavailableError
+
+from .errors import (
+    AuthenticationError,
+    NameResolutionError,
+    NotRefreshableError,
+    PowerBIError,
+    TransportError,
+    error_from_response,
+    parse_error_body,
+)
+from .models import (
+    Dataset,
+    RefreshStatus,
+    Workspace,
+    dataset_from_api,
+    refresh_from_details,
+    refresh_from_history_entry,
+    workspace_from_api,
+)
+
+__all__ = [
+    "DEFAULT_ENHANCED_TYPE",
+    "PowerBIClient",
+    "TokenCredential",
+    "build_refresh_body",
+    "odata_string",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TIMEOUT_TEXT = re.compile(r"^([0-1]?[0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
+_CLAIMS_PARAM = re.compile(r'claims="([^"]*)"', re.IGNORECASE)
+_MAX_LISTED = 20
+
+#: Processing type sent when an enhanced body names none. The service's own default is
+#: ``Automatic``, which skips partitions already in the Ready state, so new Delta data would
+#: not be loaded; ``Full`` re-reads the data (also the Fabric activity's default).
+DEFAULT_ENHANCED_TYPE = "Full"
+
+_TYPES = ("Full", "ClearValues", "Calculate", "DataOnly", "Automatic", "Defragment")
+_COMMIT_MODES = ("Transactional", "PartialBatch")
+_NOTIFY_OPTIONS = ("NoNotification", "MailOnFailure", "MailOnCompletion")
+_OPTION_FIELDS = {
+    "type": "type",
+    "commit_mode": "commitMode",
+    "max_parallelism": "maxParallelism",
+    "retry_count": "retryCount",
+    "timeout": "timeout",
+    "apply_refresh_policy": "applyRefreshPolicy",
+    "effective_date": "effectiveDate",
+}
+
+
+class _AccessToken(Protocol):
+    token: str
+
+
+class TokenCredential(Protocol):
+    """What the client needs of a credential: azure-identity's ``get_token``."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> _AccessToken:
+        """Return an access token for ``scopes``."""
+        ...
+
+
+def odata_string(value: str) -> str:
+    """An OData string literal: single quotes around ``value``, each ``'`` doubled.
+
+    >>> odata_string("O'Brien Sales")
+    "'O''Brien Sales'"
+    """
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _is_guid(value: str) -> bool:
+    return bool(_GUID.match(value))
+
+
+def _segment(value: str) -> str:
+    """One URL path segment; ids come from config, so never let them add segments or a query."""
+    if not value or not str(value).strip():
+        raise ValueError("an id must not be empty")
+    return quote(str(value), safe="")
+
+
+def _enum(value: Any, allowed: Sequence[str], name: str) -> str:
+    """``value`` in the spelling of ``allowed``, matched case-insensitively."""
+    if isinstance(value, str):
+        for candidate in allowed:
+            if candidate.lower() == value.strip().lower():
+                return candidate
+    raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _timeout_text(value: Any) -> str:
+    """``hh:mm:ss`` from a string, a number of seconds or a timedelta (under 24 hours)."""
+    if isinstance(value, str):
+        if not _TIMEOUT_TEXT.match(value.strip()):
+            raise ValueError(f"timeout must look like hh:mm:ss (under 24 h); got {value!r}")
+        return value.strip()
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValueError(f"timeout must be hh:mm:ss, seconds or a timedelta; got {value!r}")
+    whole = int(seconds)
+    if whole != seconds or not 0 < whole < 24 * 3600:
+        raise ValueError(f"timeout must be a whole number of seconds between 1 s and 23:59:59; got {value!r}")
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _effective_date_text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return f"{value.isoformat()}T00:00:00"
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"effective_date must be a date, datetime or ISO string; got {value!r}")
+
+
+def _whole(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}")
+    return value
+
+
+def build_refresh_body(
+    *,
+    enhanced: bool,
+    options: Mapping[str, Any] | None = None,
+    objects: Sequence[str] | None = None,
+    notify_option: str = "NoNotification",
+) -> dict[str, Any]:
+    """The JSON body of ``POST .../refreshes``.
+
+    Standard refresh (shared capacity): ``{"notifyOption": notify_option}`` and nothing else;
+    ``options``/``objects`` are ignored (logged), as shared capacity rejects them.
+
+    Enhanced refresh (dedicated capacity): ``notifyOption`` is left out (the service requires
+    that) and the body has ``type`` (default :data:`DEFAULT_ENHANCED_TYPE`), plus
+    ``commitMode``, ``maxParallelism``, ``retryCount``, ``timeout`` (``hh:mm:ss``; seconds and
+    timedeltas are converted), ``applyRefreshPolicy`` and ``effectiveDate`` for the snake_case
+    keys given in ``options``, and ``objects: [{"table": t}]`` for the tables given.
+    Enum values are matched case-insensitively and sent in the swagger's spelling.
+
+    :raises ValueError: an unknown option key, or a value the service would reject.
+    """
+    if not enhanced:
+        if options or objects:
+            _LOGGER.warning(
+                "Refresh options/tables ignored: a standard refresh (shared capacity) takes only notifyOption"
+            )
+        return {"notifyOption": _enum(notify_option, _NOTIFY_OPTIONS, "notify_option")}
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_OPTION_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown refresh option(s) {unknown}; known: {sorted(_OPTION_FIELDS)}")
+    given = {key: value for key, value in options.items() if value is not None}
+
+    body: dict[str, Any] = {"type": _enum(given.get("type", DEFAULT_ENHANCED_TYPE), _TYPES, "type")}
+    if "commit_mode" in given:
+        body["commitMode"] = _enum(given["commit_mode"], _COMMIT_MODES, "commit_mode")
+    if "max_parallelism" in given:
+        body["maxParallelism"] = _whole(given["max_parallelism"], "max_parallelism", 1)
+    if "retry_count" in given:
+        body["retryCount"] = _whole(given["retry_count"], "retry_count", 0)
+    if "timeout" in given:
+        body["timeout"] = _timeout_text(given["timeout"])
+    if "apply_refresh_policy" in given:
+        if not isinstance(given["apply_refresh_policy"], bool):
+            raise ValueError(f"apply_refresh_policy must be a bool; got {given['apply_refresh_policy']!r}")
+        body["applyRefreshPolicy"] = given["apply_refresh_policy"]
+        if body["applyRefreshPolicy"] and body.get("commitMode") == "PartialBatch":
+            raise ValueError("apply_refresh_policy=True is not supported with commit_mode PartialBatch")
+    if "effective_date" in given:
+        body["effectiveDate"] = _effective_date_text(given["effective_date"])
+    if objects is not None:
+        if isinstance(objects, str):
+            raise ValueError("objects must be a sequence of table names, not one string")
+        tables = list(objects)
+        if not all(isinstance(t, str) and t.strip() for t in tables):
+            raise ValueError(f"objects must be non-empty table names; got {tables!r}")
+        if tables:
+            body["objects"] = [{"table": t} for t in tables]
+    return body
+
+
+def _challenge_claims(header: str | None) -> str | None:
+    """The decoded ``claims`` of a ``WWW-Authenticate: Bearer ... claims="<base64>"`` challenge."""
+    if not header:
+        return None
+    match = _CLAIMS_PARAM.search(header)
+    if not match:
+        return None
+    raw = match.group(1).strip()
+    try:
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-8")
+        if isinstance(json.loads(decoded), dict):
+            return decoded
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    return None
+
+
+def _fresh_token_claims() -> str:
+    """The standard claims challenge asking for a token issued from now on."""
+    return json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}})
+
+
+def _token_rejected(response: requests.Response) -> bool:
+    """401, or 403 saying the token expired (Power BI's ``TokenExpired``)."""
+    if response.status_code == 401:
+        return True
+    if response.status_code != 403:
+        return False
+    code, message = parse_error_body(response.content)
+    text = (message or "").lower()
+    return (code or "").lower() == "tokenexpired" or ("token" in text and "expired" in text)
+
+
+class PowerBIClient:
+    """Power BI REST client for workspace/dataset lookup and dataset refreshes.
+
+    :param base_url: API root, e.g. ``https://api.powerbi.com/v1.0/myorg``.
+    :param scope: OAuth scope, e.g. ``https://analysis.windows.net/powerbi/api/.default``.
+    :param credential: an azure-identity credential (anything with ``get_token(scope)``).
+    :keyword session: the ``requests.Session`` to send with (injectable transport); the client
+        closes only a session it created.
+    :keyword timeout: seconds, passed as ``timeout`` to every HTTP call.
+    :keyword clock: monotonic clock for the lookup cache.
+    :keyword cache_ttl: seconds a workspace or dataset lookup is cached.
+
+    ``calls`` counts the HTTP requests sent (a token retry counts twice). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        scope: str,
+        credential: TokenCredential,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 30,
+        clock: Callable[[], float] = time.monotonic,
+        cache_ttl: float = 300,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._scope = scope
+        self._credential = credential
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._timeout = timeout
+        self._clock = clock
+        self._cache_ttl = cache_ttl
+        self._cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the HTTP session if the client created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> PowerBIClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def clear_cache(self) -> None:
+        """Forget every cached workspace and dataset lookup."""
+        with self._lock:
+            self._cache.clear()
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def get_workspace(self, name_or_id: str) -> Workspace:
+        """The workspace with this id (a GUID) or exact name, cached for ``cache_ttl`` seconds.
+
+        Both go through ``GET groups?$filter=...`` (``id eq '<guid>'`` / ``name eq '<name>'``),
+        which lists only workspaces this identity can access.
+
+        :raises NameResolutionError: none or several workspaces match.
+        """
+        if not isinstance(name_or_id, str) or not name_or_id.strip():
+            raise ValueError("a workspace name or id must be a non-empty string")
+        key = ("workspace", name_or_id)
+        cached = self._cache_get(key)
+        if cached is not None:
+            return cached
+        by_id = _is_guid(name_or_id)
+        field = "id" if by_id else "name"
+        payload = self._get_json("groups", query=[("$filter", f"{field} eq {odata_string(name_or_id)}")])
+        found = [workspace_from_api(v) for v in _value_list(payload) if isinstance(v, Mapping)]
+        if by_id:
+            matches = [w for w in found if w.id.lower() == name_or_id.lower()]
+        else:
+            # The service may compare case-insensitively; prefer the exact spelling when it is there.
+            exact = [w for w in found if w.name == name_or_id]
+            matches = exact or [w for w in found if w.name.casefold() == name_or_id.casefold()]
+        if len(matches) != 1:
+            raise self._resolution_error("workspace", field, name_or_id, matches, found)
+        workspace = matches[0]
+        self._cache_put(key, workspace)
+        return workspace
+
+    def get_dataset(self, workspace_id: str, name_or_id: str, *, require_refreshable: bool = True) -> Dataset:
+        """The dataset with this id or exact name in a workspace.
+
+        ``GET groups/{id}/datasets`` has no ``$filter``, so the list is fetched (cached per
+        workspace for ``cache_ttl`` seconds) and matched here: by id first, then by exact name.
+
+        :raises NameResolutionError: no dataset or several datasets match; the message lists them.
+        :raises NotRefreshableError: ``require_refreshable`` and the dataset's ``isRefreshable``
+            is false (DirectQuery, live connection...): a refresh POST would only fail.
+        """
+        if not isinstance(name_or_id, str) or not name_or_id.strip():
+            raise ValueError("a dataset name or id must be a non-empty string")
+        datasets = self.list_datasets(workspace_id)
+        matches = [d for d in datasets if d.id.lower() == name_or_id.lower()]
+        field = "id"
+        if not matches:
+            matches = [d for d in datasets if d.name == name_or_id]
+            field = "name"
+        if len(matches) != 1:
+            similar = [d for d in datasets if d.name.casefold() == name_or_id.casefold()]
+            raise self._resolution_error(
+                f"dataset (workspace {workspace_id})", field, name_or_id, matches, similar or datasets
+            )
+        dataset = matches[0]
+        if require_refreshable and not dataset.is_refreshable:
+            raise NotRefreshableError(
+                f"dataset {dataset.name!r} ({dataset.id}) is not refreshable (isRefreshable is false; "
+                "DirectQuery and live-connection models cannot be refreshed)"
+            )
+        return dataset
+
+    def list_datasets(self, workspace_id: str) -> list[Dataset]:
+        """All datasets of a workspace (``GET groups/{id}/datasets``), cached for ``cache_ttl``."""
+        key = ("datasets", workspace_id.lower())
+        cached = self._cache_get(key)
+        if cached is not None:
+            return list(cached)
+        payload = self._get_json(f"groups/{_segment(workspace_id)}/datasets")
+        datasets = tuple(dataset_from_api(v) for v in _value_list(payload) if isinstance(v, Mapping))
+        self._cache_put(key, datasets)
+        return list(datasets)
+
+    # -- refreshes ---------------------------------------------------------------------------
+
+    def start_refresh(self, workspace_id: str, dataset_id: str, body: Mapping[str, Any]) -> str:
+        """POST a refresh (see :func:`build_refresh_body`) and return its refresh id.
+
+        The id is taken from ``x-ms-request-id``, else ``RequestId``, else the last path segment
+        of ``Location``.
+
+        :raises PowerBIError: (a subclass for the known failures) also when the 202 carries no id.
+        """
+        path = self._refreshes_path(workspace_id, dataset_id)
+        response = self._request("POST", path, body=dict(body), expected=(200, 202))
+        headers = response.headers
+        refresh_id = headers.get("x-ms-request-id") or headers.get("RequestId")
+        if not refresh_id and headers.get("Location"):
+            refresh_id = urlsplit(headers["Location"]).path.rstrip("/").rsplit("/", 1)[-1] or None
+        if not refresh_id:
+            raise PowerBIError(
+                "Power BI accepted the refresh but sent no refresh id (no x-ms-request-id, RequestId "
+                "or Location header)",
+                status=response.status_code,
+            )
+        _LOGGER.info(
+            "Started %s refresh %s of dataset %s in workspace %s",
+            "standard" if set(body) <= {"notifyOption"} else "enhanced",
+            refresh_id,
+            dataset_id,
+            workspace_id,
+        )
+        return refresh_id
+
+    def get_refresh(self, workspace_id: str, dataset_id: str, refresh_id: str) -> RefreshStatus:
+        """Execution details of an enhanced refresh (``GET .../refreshes/{id}``; 202 = running)."""
+        path = f"{self._refreshes_path(workspace_id, dataset_id)}/{_segment(refresh_id)}"
+        response = self._request("GET", path, expected=(200, 202))
+        payload = _json_object(response, f"GET {path}")
+        return refresh_from_details(payload, refresh_id, in_progress=response.status_code == 202)
+
+    def get_refresh_history(self, workspace_id: str, dataset_id: str, top: int = 10) -> list[RefreshStatus]:
+        """The ``top`` newest refreshes of a dataset (``GET .../refreshes?$top=N``), newest first."""
+        _whole(top, "top", 1)
+        payload = self._get_json(self._refreshes_path(workspace_id, dataset_id), query=[("$top", str(top))])
+        return [refresh_from_history_entry(v) for v in _value_list(payload) if isinstance(v, Mapping)]
+
+    def find_refresh(
+        self, workspace_id: str, dataset_id: str, request_id: str, top: int = 10
+    ) -> RefreshStatus | None:
+        """The history entry whose ``requestId`` is ``request_id``, or None if it is not there yet.
+
+        A just-posted refresh can take a while to appear in the history; None is then normal
+        and the caller should look again later. Never falls back to "the latest refresh".
+        """
+        wanted = request_id.lower()
+        for entry in self.get_refresh_history(workspace_id, dataset_id, top=top):
+            if entry.request_id.lower() == wanted:
+                return entry
+        return None
+
+    def cancel_refresh(self, workspace_id: str, dataset_id: str, refresh_id: str) -> None:
+        """Cancel an enhanced refresh (``DELETE .../refreshes/{id}``)."""
+        path = f"{self._refreshes_path(workspace_id, dataset_id)}/{_segment(refresh_id)}"
+        self._request("DELETE", path, expected=(200, 202, 204))
+        _LOGGER.info(
+            "Cancelled refresh %s of dataset %s in workspace %s", refresh_id, dataset_id, workspace_id
+        )
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _refreshes_path(workspace_id: str, dataset_id: str) -> str:
+        return f"groups/{_segment(workspace_id)}/datasets/{_segment(dataset_id)}/refreshes"
+
+    def _cache_get(self, key: tuple[str, ...]) -> Any:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            expires, value = entry
+            if self._clock() >= expires:
+                del self._cache[key]
+                return None
+            return value
+
+    def _cache_put(self, key: tuple[str, ...], value: Any) -> None:
+        if self._cache_ttl <= 0:
+            return
+        with self._lock:
+            self._cache[key] = (self._clock() + self._cache_ttl, value)
+
+    @staticmethod
+    def _resolution_error(
+        kind: str, field: str, wanted: str, matches: Sequence[Any], found: Sequence[Any]
+    ) -> NameResolutionError:
+        listed = tuple(f"{item.name!r} ({item.id})" for item in (matches or found)[:_MAX_LISTED])
+        more = len(matches or found) - len(listed)
+        suffix = f" and {more} more" if more > 0 else ""
+        if matches:
+            message = f"{len(matches)} {kind}s match {field} {wanted!r}: {', '.join(listed)}{suffix}"
+        elif listed:
+            message = f"no {kind} with {field} {wanted!r}; found: {', '.join(listed)}{suffix}"
+        else:
+            message = f"no {kind} with {field} {wanted!r} is visible to this identity (found none)"
+        return NameResolutionError(message, found=listed)
+
+    def _url(self, path: str, query: Sequence[tuple[str, str]] | None) -> str:
+        url = f"{self._base_url}/{path}"
+        if query:
+            url += "?" + "&".join(f"{name}={quote(value, safe='')}" for name, value in query)
+        return url
+
+    def _token(self, *, claims: str | None = None) -> str:
+        """A bearer token from the credential; with ``claims``, a freshly issued one."""
+        try:
+            if claims is None:
+                return self._credential.get_token(self._scope).token
+            try:
+                return self._credential.get_token(self._scope, claims=claims).token
+            except (TypeError, CredentialUnavailableError) as exc:
+                _LOGGER.warning(
+                    "%s cannot be forced to a fresh token (%s); asking it again without claims",
+                    type(self._credential).__name__,
+                    type(exc).__name__,
+                )
+                return self._credential.get_token(self._scope).token
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TransportError(
+                f"could not reach the identity endpoint for a Power BI token: {exc}"
+            ) from exc
+        except ClientAuthenticationError as exc:
+            raise AuthenticationError(f"could not acquire a Power BI token: {exc.message}") from exc
+        except Exception as exc:
+            raise AuthenticationError(
+                f"could not acquire a Power BI token: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _send(self, method: str, url: str, token: str, body: Any, what: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        with self._lock:
+            self.calls += 1
+        try:
+            return self._session.request(
+                method,
+                url,
+                headers=headers,
+                json=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            raise TransportError(f"{what} timed out after {self._timeout:g} s") from exc
+        except requests.RequestException as exc:
+            raise TransportError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] | None = None,
+        body: Any = None,
+        expected: tuple[int, ...] = (200,),
+    ) -> requests.Response:
+        url = self._url(path, query)
+        what = f"{method} {path}"
+        response = self._send(method, url, self._token(), body, what)
+        if _token_rejected(response):
+            _LOGGER.info(
+                "Power BI refused the token for %s (HTTP %s); retrying once with a fresh token",
+                what,
+                response.status_code,
+            )
+            claims = _challenge_claims(response.headers.get("WWW-Authenticate")) or _fresh_token_claims()
+            response = self._send(method, url, self._token(claims=claims), body, what)
+        request_id = response.headers.get("RequestId") or response.headers.get("x-ms-request-id")
+        _LOGGER.debug("%s -> HTTP %s (request id %s)", what, response.status_code, request_id)
+        if response.status_code not in expected:
+            raise error_from_response(response.status_code, response.headers, response.content, what=what)
+        return response
+
+    def _get_json(self, path: str, *, query: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+        response = self._request("GET", path, query=query)
+        return _json_object(response, f"GET {path}")
+
+
+def _json_object(response: requests.Response, what: str) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise PowerBIError(
+            f"{what} answered HTTP {response.status_code} with a body that is not a JSON object",
+            status=response.status_code,
+            request_id=response.headers.get("RequestId") or response.headers.get("x-ms-request-id"),
+        )
+    return payload
+
+
+def _value_list(payload: Mapping[str, Any]) -> list[Any]:
+    value = payload.get("value")
+    return value if isinstance(value, list) else []
