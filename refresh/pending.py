@@ -6,6 +6,10 @@ key), updated only with ETag guards:
 * ``pending`` (JSON): the job waiting to run (see :class:`PendingJob`), or absent;
 * ``enqueued``: whether the job's queue message was sent (a crash between recording and sending is
   repaired by the sweep, see :meth:`DatasetStates.repair_unsent`);
+* ``running`` (JSON): the job holding the dataset's lease (refresh/worker.py);
+* ``refreshed`` (JSON ``{table: version}``) and ``last_success_at``: what the last completed
+  refreshes contained (for ``schedule_skip_if_unchanged``);
+* ``starts`` (JSON list): when this app started refreshes in the last 24 h (daily limit);
 * ``covered`` (JSON ``{table: version}``): the newest Delta version of each source table already
   put into a job of this dataset. It is written in the same ETag-guarded write as the job, so a
   re-run of detection after a crash never puts the same commit into a second job, even when the

@@ -341,6 +341,13 @@ class Worker:
             if not current or current.get("job_id") != running["job_id"]:
                 return False
             tables.put_json(data, "running", None)
+            if status_word == "Completed":
+                # what the model now contains: per source table, the newest version refreshed
+                refreshed = tables.get_json(data, "refreshed", {}) or {}
+                for table, change in running["job"].get("sources", {}).items():
+                    refreshed[table] = max(refreshed.get(table, -1), change["last_version"])
+                tables.put_json(data, "refreshed", refreshed)
+                data["last_success_at"] = iso(now)
             return True
 
         entity = self.states.update(dataset_key, release)
