@@ -22,10 +22,11 @@ class App:
 
     def __init__(self, settings: Settings | None = None, *, env: Mapping[str, str] | None = None,
                  clock: Clock | None = None, config: RoutingConfig | None = None,
-                 credential: Any = None) -> None:
+                 credential: Any = None, client_kwargs: dict[str, Any] | None = None) -> None:
         self.env = env
         self.settings = settings or Settings.from_env(env)
         self.clock = clock or SystemClock()
+        self.client_kwargs = client_kwargs or {}  # e.g. raw_request_hook to count storage requests
         if config is not None:
             self.__dict__["config"] = config
         if credential is not None:
@@ -40,12 +41,14 @@ class App:
     @cached_property
     def lake(self) -> Any:
         """ContainerClient of the gold container (connection LAKE_STORAGE)."""
-        service = connections.blob_service(LAKE_STORAGE, self.settings.storage_timeout, self.env)
+        service = connections.blob_service(LAKE_STORAGE, self.settings.storage_timeout, self.env,
+                                           **self.client_kwargs)
         return service.get_container_client(self.settings.gold_container)
 
     @cached_property
     def _tables(self) -> Any:
-        return connections.table_service(HOST_STORAGE, self.settings.storage_timeout, self.env)
+        return connections.table_service(HOST_STORAGE, self.settings.storage_timeout, self.env,
+                                         **self.client_kwargs)
 
     @cached_property
     def state_table(self) -> Any:
@@ -57,7 +60,8 @@ class App:
 
     @cached_property
     def queue_service(self) -> Any:
-        return connections.queue_service(HOST_STORAGE, self.settings.storage_timeout, self.env)
+        return connections.queue_service(HOST_STORAGE, self.settings.storage_timeout, self.env,
+                                         **self.client_kwargs)
 
     @cached_property
     def queue(self) -> Any:

@@ -71,9 +71,9 @@ def credential_for(name: str, env: Mapping[str, str] | None = None) -> Any:
     return DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
-def _client(name: str, service: str, timeout: float, env: Mapping[str, str] | None) -> Any:
+def _client(name: str, service: str, timeout: float, env: Mapping[str, str] | None, **extra: Any) -> Any:
     env = os.environ if env is None else env
-    kwargs = {"connection_timeout": timeout, "read_timeout": timeout}
+    kwargs: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout, **extra}
     if service == "blob":
         from azure.storage.blob import BlobServiceClient as cls
 
@@ -103,16 +103,16 @@ _DEV_STORAGE = (
 )
 
 
-def blob_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None) -> Any:
+def blob_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None, **extra: Any) -> Any:
     """``azure.storage.blob.BlobServiceClient`` for connection ``name``."""
-    return _client(name, "blob", timeout, env)
+    return _client(name, "blob", timeout, env, **extra)
 
 
-def queue_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None) -> Any:
+def queue_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None, **extra: Any) -> Any:
     """``azure.storage.queue.QueueServiceClient`` for connection ``name``."""
-    return _client(name, "queue", timeout, env)
+    return _client(name, "queue", timeout, env, **extra)
 
 
-def table_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None) -> Any:
+def table_service(name: str, timeout: float = 30, env: Mapping[str, str] | None = None, **extra: Any) -> Any:
     """``azure.data.tables.TableServiceClient`` for connection ``name``."""
-    return _client(name, "table", timeout, env)
+    return _client(name, "table", timeout, env, **extra)

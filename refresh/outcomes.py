@@ -46,6 +46,7 @@ class Outcomes:
     def __init__(self, table: Any, index_table: Any) -> None:
         self.table = table
         self.index = index_table
+        self._where: dict[str, tuple[str, str]] = {}  # job id -> (PartitionKey, RowKey); never changes
 
     def create(self, dataset: str, job_id: str, created: datetime, fields: dict[str, Any]) -> dict[str, Any]:
         """Create the row of a new job (idempotent: an existing row is returned unchanged)."""
@@ -56,6 +57,7 @@ class Outcomes:
         try:
             tables.write(self.index, {"PartitionKey": PK_JOB_INDEX, "RowKey": job_id, "dataset": dataset,
                                       "row": rk}, None)
+            self._where[job_id] = (dataset, rk)
         except tables.Conflict:
             pass
         try:
@@ -66,8 +68,16 @@ class Outcomes:
         return row
 
     def locate(self, job_id: str) -> tuple[str, str] | None:
-        entity = tables.get_entity(self.index, PK_JOB_INDEX, job_id)
-        return (entity["dataset"], entity["row"]) if entity else None
+        where = self._where.get(job_id)
+        if where is None:
+            entity = tables.get_entity(self.index, PK_JOB_INDEX, job_id)
+            if entity is None:
+                return None
+            where = (entity["dataset"], entity["row"])
+            if len(self._where) > 10_000:
+                self._where.clear()
+            self._where[job_id] = where
+        return where
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         where = self.locate(job_id)

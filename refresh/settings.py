@@ -64,6 +64,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_RETRY_AFTER_SECONDS", "3600",
             "Cap on how long a job waits when Power BI answers 429 with Retry-After."),
     Setting("SWEEP_CONCURRENCY", "16", "How many tables the sweep probes at once."),
+    Setting("SCHEDULE_MISSED_GRACE_SECONDS", "300",
+            "A scheduled refresh whose due time passed longer ago than this (the timer did not run) is "
+            "skipped and recorded as missed instead of being fired late."),
 )
 
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -88,6 +91,7 @@ class Settings:
     storage_timeout: float
     max_retry_after: int
     sweep_concurrency: int
+    schedule_missed_grace: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> Settings:
@@ -129,6 +133,7 @@ class Settings:
             storage_timeout=_number(raw, "STORAGE_TIMEOUT_SECONDS", float, 1, 600),
             max_retry_after=_number(raw, "MAX_RETRY_AFTER_SECONDS", int, 1, 7 * 24 * 3600 - 60),
             sweep_concurrency=_number(raw, "SWEEP_CONCURRENCY", int, 1, 256),
+            schedule_missed_grace=_number(raw, "SCHEDULE_MISSED_GRACE_SECONDS", int, 60, 7 * 24 * 3600),
         )
 
 

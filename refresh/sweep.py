@@ -108,7 +108,8 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
     """Probe every configured table; returns what was found."""
     result = SweepResult()
     names = configured_tables(detector.config, container)
-    marks = watermarks.all()
+    # one query: every watermark, plus pending jobs whose queue message may not have been sent
+    marks, unsent = watermarks.all(also=states.UNSENT_FILTER if states is not None else None)
     result.tables = len(names)
 
     def one(table: str) -> TableResult:
@@ -128,7 +129,7 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
             if res.error:
                 result.errors[table] = res.error
     if states is not None:
-        result.repaired = states.repair_unsent()
+        result.repaired = states.repair_unsent(candidates=unsent)
     log.info("sweep: %s tables, %s new commits, %s datasets with jobs, %s errors",
              result.tables, result.new_commits, len(result.jobs), len(result.errors))
     return result

@@ -69,13 +69,20 @@ class Watermarks:
         entity = tables.get_entity(self.table, PK_WATERMARK, tables.row_key(table_path))
         return from_entity(entity) if entity is not None else None
 
-    def all(self) -> dict[str, Watermark]:
-        """Every stored watermark, in one query (pages of up to 1,000 entities)."""
-        found = {}
-        for entity in self.table.query_entities("PartitionKey eq @pk", parameters={"pk": PK_WATERMARK}):
-            mark = from_entity(entity)
-            found[mark.table] = mark
-        return found
+    def all(self, also: str | None = None) -> tuple[dict[str, Watermark], list[Any]]:
+        """Every stored watermark in one query (pages of up to 1,000 entities).
+
+        ``also``: an extra filter OR-ed into the same query; the matching entities are returned too.
+        """
+        query = f"PartitionKey eq '{PK_WATERMARK}'" + (f" or {also}" if also else "")
+        found, others = {}, []
+        for entity in self.table.query_entities(query):
+            if entity["PartitionKey"] == PK_WATERMARK:
+                mark = from_entity(entity)
+                found[mark.table] = mark
+            else:
+                others.append(entity)
+        return found, others
 
     def save(self, mark: Watermark) -> Watermark:
         """Create or replace ``mark`` guarded by its ETag; raises :class:`tables.Conflict`."""

@@ -260,7 +260,12 @@ class Worker:
         now = self.clock.now()
         running["refresh_id"] = refresh_id
         running["started_at"] = running.get("started_at") or iso(now)
-        self._save_running(dataset_key, running, add_start=now)
+        durations = self.outcomes.recent_durations(dataset_key)
+        running["estimate"] = statistics.median(durations) if durations else None
+        # land the first check just after the expected end, so one check usually suffices
+        delay = min(max(running["estimate"] * 1.05 + 2.0, 5.0), 900.0) if running["estimate"] \
+            else DEFAULT_FIRST_CHECK
+        self._send_check(dataset_key, running, delay, add_start=now)
         job = PendingJob.from_dict(running["job"])
         self._set_row(dataset_key, job.job_id, status="Running", started_at=running["started_at"],
                       request_id=refresh_id, refresh_type="enhanced" if running["enhanced"] else "standard",
@@ -272,10 +277,6 @@ class Worker:
         log.info("refresh started: dataset=%s job=%s refresh_id=%s type=%s tables=%s", dataset_key, job.job_id,
                  refresh_id, "enhanced" if running["enhanced"] else "standard",
                  ",".join(job.objects() or ["<whole model>"]))
-        durations = self.outcomes.recent_durations(dataset_key)
-        running["estimate"] = statistics.median(durations) if durations else None
-        delay = min(max(running["estimate"] * 0.9, 5.0), 900.0) if running["estimate"] else DEFAULT_FIRST_CHECK
-        self._send_check(dataset_key, running, delay)
         return "adopted" if adopted else "started"
 
     # check: follow a refresh --------------------------------------------------------------------
@@ -512,14 +513,14 @@ class Worker:
             return min(max(estimate - elapsed + 2.0, 5.0), 300.0)
         return min(max(elapsed * 0.25, 10.0), 300.0)
 
-    def _send_check(self, dataset_key: str, running: dict, delay: float) -> None:
+    def _send_check(self, dataset_key: str, running: dict, delay: float, add_start: datetime | None = None) -> None:
         now = self.clock.now()
         token = f"{iso(now)}#{uuid.uuid4().hex[:8]}"
         message = messages.JobMessage(type="check", dataset=dataset_key, job_id=running["job_id"], sent_at=token)
         messages.send(self.queue, message, delay)
         running["check_token"] = token
         running["next_check_at"] = iso(now + timedelta(seconds=delay))
-        self._save_running(dataset_key, running)
+        self._save_running(dataset_key, running, add_start=add_start)
 
     def _save_running(self, dataset_key: str, running: dict, add_start: datetime | None = None) -> None:
         def save(data: dict) -> bool:

@@ -14,8 +14,9 @@ Design rules (see shared/notes/powerbi-api.md):
   ``WWW-Authenticate: Bearer ... claims="<base64>"`` challenge when it sends one, else the
   standard "token issued after now" challenge ``{"access_token":{"nbf":{"essential":true,
   "value":"<epoch>"}}}``. A credential that cannot take claims (a ``get_token`` without the
-  keyword, or AzureCliCredential, which refuses claims with CredentialUnavailableError) is
-  asked once more without them; whatever it returns is used for the single retry.
+  keyword; AzureCliCredential, which refuses claims with CredentialUnavailableError; an identity
+  provider that rejects them) is asked once more without them, and whatever it returns is used
+  for the single retry.
 * The client never sleeps and never loops on 429/5xx: it raises the matching error from
   :mod:`refresh.powerbi.errors` (with ``retry_after``) and the queue worker re-queues.
 * Refresh ids come from the POST's ``x-ms-request-id``, else ``RequestId``, else the last path
@@ -48,7 +49,6 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.identity import CredentialUnavailableError
 
 from .errors import (
     AuthenticationError,
@@ -449,9 +449,7 @@ class PowerBIClient:
         payload = self._get_json(self._refreshes_path(workspace_id, dataset_id), query=[("$top", str(top))])
         return [refresh_from_history_entry(v) for v in _value_list(payload) if isinstance(v, Mapping)]
 
-    def find_refresh(
-        self, workspace_id: str, dataset_id: str, request_id: str, top: int = 10
-    ) -> RefreshStatus | None:
+    def find_refresh(self, workspace_id: str, dataset_id: str, request_id: str, top: int = 10) -> RefreshStatus | None:
         """The history entry whose ``requestId`` is ``request_id``, or None if it is not there yet.
 
         A just-posted refresh can take a while to appear in the history; None is then normal
@@ -467,9 +465,7 @@ class PowerBIClient:
         """Cancel an enhanced refresh (``DELETE .../refreshes/{id}``)."""
         path = f"{self._refreshes_path(workspace_id, dataset_id)}/{_segment(refresh_id)}"
         self._request("DELETE", path, expected=(200, 202, 204))
-        _LOGGER.info(
-            "Cancelled refresh %s of dataset %s in workspace %s", refresh_id, dataset_id, workspace_id
-        )
+        _LOGGER.info("Cancelled refresh %s of dataset %s in workspace %s", refresh_id, dataset_id, workspace_id)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -516,29 +512,26 @@ class PowerBIClient:
         return url
 
     def _token(self, *, claims: str | None = None) -> str:
-        """A bearer token from the credential; with ``claims``, a freshly issued one."""
+        """A bearer token from the credential; with ``claims``, a freshly issued one if it can."""
         try:
-            if claims is None:
-                return self._credential.get_token(self._scope).token
-            try:
-                return self._credential.get_token(self._scope, claims=claims).token
-            except (TypeError, CredentialUnavailableError) as exc:
-                _LOGGER.warning(
-                    "%s cannot be forced to a fresh token (%s); asking it again without claims",
-                    type(self._credential).__name__,
-                    type(exc).__name__,
-                )
-                return self._credential.get_token(self._scope).token
+            if claims is not None:
+                try:
+                    return self._credential.get_token(self._scope, claims=claims).token
+                except (TypeError, ClientAuthenticationError) as exc:
+                    # No claims keyword, or claims refused (AzureCliCredential, an identity
+                    # provider that rejects them): the plain token is the best there is.
+                    _LOGGER.warning(
+                        "%s could not be forced to a fresh token (%s); asking it again without claims",
+                        type(self._credential).__name__,
+                        type(exc).__name__,
+                    )
+            return self._credential.get_token(self._scope).token
         except (ServiceRequestError, ServiceResponseError) as exc:
-            raise TransportError(
-                f"could not reach the identity endpoint for a Power BI token: {exc}"
-            ) from exc
+            raise TransportError(f"could not reach the identity endpoint for a Power BI token: {exc}") from exc
         except ClientAuthenticationError as exc:
             raise AuthenticationError(f"could not acquire a Power BI token: {exc.message}") from exc
         except Exception as exc:
-            raise AuthenticationError(
-                f"could not acquire a Power BI token: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise AuthenticationError(f"could not acquire a Power BI token: {type(exc).__name__}: {exc}") from exc
 
     def _send(self, method: str, url: str, token: str, body: Any, what: str) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

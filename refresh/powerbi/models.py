@@ -284,9 +284,7 @@ def refresh_from_history_entry(payload: Mapping[str, Any]) -> RefreshStatus:
     )
 
 
-def refresh_from_details(
-    payload: Mapping[str, Any], request_id: str, *, in_progress: bool = False
-) -> RefreshStatus:
+def refresh_from_details(payload: Mapping[str, Any], request_id: str, *, in_progress: bool = False) -> RefreshStatus:
     """A :class:`RefreshStatus` from ``GET .../refreshes/{id}`` (``DatasetRefreshDetail``).
 
     The payload has no id, so the caller passes it. ``in_progress`` is True when the service

@@ -467,9 +467,7 @@ class PowerBISimulator:
             self._workspaces[workspace_id] = _Workspace(workspace_id, name, dedicated, capacity)
         return workspace_id
 
-    def add_dataset(
-        self, workspace_id: str, name: str, refreshable: bool = True, id: str | None = None
-    ) -> str:
+    def add_dataset(self, workspace_id: str, name: str, refreshable: bool = True, id: str | None = None) -> str:
         """Add a dataset to a workspace (``refreshable`` False = DirectQuery-like); returns its id."""
         dataset_id = (id or str(uuid.uuid4())).lower()
         with self._lock:
@@ -525,9 +523,7 @@ class PowerBISimulator:
             },
         )
         self._add_fault(
-            _Fault(
-                "status", times, method, path_contains, status, default if body is None else body, retry_after
-            )
+            _Fault("status", times, method, path_contains, status, default if body is None else body, retry_after)
         )
 
     def busy_next(self, *, times: int = 1, status: int | None = None) -> None:
@@ -578,9 +574,7 @@ class PowerBISimulator:
         else:
             message_list = [dict(m) for m in messages]
         with self._lock:
-            self._outcomes.setdefault(dataset_id.lower(), []).append(
-                _Outcome(extended_status, exception, message_list)
-            )
+            self._outcomes.setdefault(dataset_id.lower(), []).append(_Outcome(extended_status, exception, message_list))
 
     def expire_tokens(self) -> None:
         """Expire every token issued so far (new ones from the identity endpoint stay valid)."""
@@ -694,14 +688,10 @@ class PowerBISimulator:
         if method != "GET":
             return _Answer(405, {"statusCode": 405, "message": "Method not allowed"})
         if handler.headers.get("X-IDENTITY-HEADER") != self.identity_header:
-            return _Answer(
-                401, {"statusCode": 401, "message": "The X-IDENTITY-HEADER header is missing or wrong"}
-            )
+            return _Answer(401, {"statusCode": 401, "message": "The X-IDENTITY-HEADER header is missing or wrong"})
         resource = record.query.get("resource")
         if not resource or record.query.get("api-version") != "2019-08-01":
-            return _Answer(
-                400, {"statusCode": 400, "message": "resource and api-version=2019-08-01 are required"}
-            )
+            return _Answer(400, {"statusCode": 400, "message": "resource and api-version=2019-08-01 are required"})
         token = self.issue_token()
         return _Answer(
             200,
@@ -756,9 +746,7 @@ class PowerBISimulator:
                         {
                             "@odata.context": f"{self.base_url}/groups/{workspace.id}/$metadata#datasets",
                             "value": [
-                                self._dataset_json(d)
-                                for d in self._datasets.values()
-                                if d.workspace_id == workspace.id
+                                self._dataset_json(d) for d in self._datasets.values() if d.workspace_id == workspace.id
                             ],
                         },
                     )
@@ -788,9 +776,7 @@ class PowerBISimulator:
     def _dataset(self, workspace: _Workspace, dataset_id: str) -> _Dataset:
         dataset = self._datasets.get(dataset_id.lower())
         if dataset is None or dataset.workspace_id != workspace.id:
-            raise _error(
-                404, "ItemNotFound", f"Dataset {dataset_id} is not found in workspace {workspace.id}"
-            )
+            raise _error(404, "ItemNotFound", f"Dataset {dataset_id} is not found in workspace {workspace.id}")
         return dataset
 
     @staticmethod
@@ -1017,11 +1003,7 @@ class PowerBISimulator:
             if (method, path) == ("POST", "/workspaces"):
                 return _Answer(
                     201,
-                    {
-                        "id": self.add_workspace(
-                            str(data["name"]), bool(data.get("dedicated", False)), data.get("id")
-                        )
-                    },
+                    {"id": self.add_workspace(str(data["name"]), bool(data.get("dedicated", False)), data.get("id"))},
                 )
             if (method, path) == ("POST", "/datasets"):
                 return _Answer(

@@ -20,6 +20,8 @@ shared/notes/powerbi-api.md section 1.2):
   Limitations say "for enhanced refresh, notifyOption is not required and must be excluded
   from the request body". So the body must have ``notifyOption`` (standard refresh) or at
   least one enhanced field, and not both.
+* ``DatasetRefreshRequest`` does not say ``type: object``; it is added (a JSON array body
+  would otherwise pass).
 
 Paths are matched relative to ``/v1.0/myorg``: a full URL, an absolute path
 (``/v1.0/myorg/groups``) or a relative one (``groups``) are all accepted.
@@ -111,9 +113,7 @@ class SwaggerValidator:
         if self.spec.get("swagger") != "2.0":
             raise ValueError(f"{spec_path} is not a Swagger 2.0 file")
         self._strict = strict_bodies
-        self._definitions = {
-            name: _convert(schema) for name, schema in self.spec.get("definitions", {}).items()
-        }
+        self._definitions = {name: _convert(schema) for name, schema in self.spec.get("definitions", {}).items()}
         self._patch_known_gaps(self._definitions)
         self._strict_definitions = (
             {name: _strict(schema) for name, schema in self._definitions.items()} if strict_bodies else None
@@ -226,9 +226,7 @@ class SwaggerValidator:
             op = route.item.get(method.lower())
             if not isinstance(op, dict):
                 allowed = sorted(m.upper() for m in route.item if m in _METHODS)
-                raise SwaggerMismatch(
-                    f"{method.upper()} is not defined on {route.template}; allowed: {allowed}"
-                )
+                raise SwaggerMismatch(f"{method.upper()} is not defined on {route.template}; allowed: {allowed}")
             return route, values, op
         raise SwaggerMismatch(f"unknown path {BASE_PATH}/{'/'.join(segments)}")
 
@@ -260,8 +258,20 @@ class SwaggerValidator:
         if not request["required"]:
             del request["required"]
         enhanced = {"anyOf": [{"required": [name]} for name in _ENHANCED_FIELDS]}
-        request["anyOf"] = [{"required": ["notifyOption"]}, enhanced]
-        request["not"] = {"allOf": [{"required": ["notifyOption"]}, enhanced]}
+        request["type"] = "object"
+        request["allOf"] = [
+            {
+                "description": "a refresh body needs notifyOption (standard refresh) or at least one of "
+                + ", ".join(_ENHANCED_FIELDS)
+                + " (enhanced refresh)",
+                "anyOf": [{"required": ["notifyOption"]}, enhanced],
+            },
+            {
+                "description": "notifyOption must be excluded from an enhanced refresh body "
+                "(the operation's own Limitations)",
+                "not": {"allOf": [{"required": ["notifyOption"]}, enhanced]},
+            },
+        ]
 
 
 def _convert(schema: Any) -> Any:
@@ -296,8 +306,12 @@ def _strict(schema: Any) -> Any:
         key: ({name: _strict(sub) for name, sub in value.items()} if key == "properties" else _strict(value))
         for key, value in schema.items()
     }
-    if "properties" in result and "allOf" not in result and "additionalProperties" not in result:
+    composes = any(
+        isinstance(part, dict) and ("$ref" in part or "properties" in part) for part in result.get("allOf", [])
+    )
+    if "properties" in result and not composes and "additionalProperties" not in result:
         result["additionalProperties"] = False
+        result.setdefault("type", "object")
     return result
 
 
@@ -305,13 +319,19 @@ def _check_schema(where: str, what: str, schema: Any, definitions: Mapping[str, 
     root = dict(copy.deepcopy(schema)) if isinstance(schema, dict) else {}
     root["definitions"] = definitions
     validator = Draft4Validator(root)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    # Most specific first: a concrete keyword before a composite one, a deeper location before the root.
+    errors = sorted(
+        validator.iter_errors(value),
+        key=lambda e: (e.validator in ("not", "anyOf", "oneOf", "allOf"), -len(e.absolute_path)),
+    )
     if errors:
         first = errors[0]
         location = "/".join(str(p) for p in first.absolute_path) or "(root)"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        described = isinstance(first.schema, dict) and first.validator in ("not", "anyOf", "oneOf")
+        detail = first.schema.get("description") if described else None
         raise SwaggerMismatch(
-            f"{where}: {what} does not match the schema at {location}: {first.message}{more}"
+            f"{where}: {what} does not match the schema at {location}: {detail or first.message}{more}"
         )
 
 

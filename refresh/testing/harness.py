@@ -26,10 +26,11 @@ def storage_env(connection_string: str, token: str | None = None, **extra: str) 
 
 
 def make_app(connection_string: str, config: dict[str, Any], *, token: str | None = None,
-             clock: Clock | None = None, **extra: str) -> App:
+             clock: Clock | None = None, client_kwargs: dict[str, Any] | None = None, **extra: str) -> App:
     """An App on Azurite with ``config`` (a routing-config dict) and a fake clock by default."""
     env = storage_env(connection_string, token, **extra)
-    app = App(env=env, clock=clock or FakeClock(), config=parse_config(config, "<test>"))
+    app = App(env=env, clock=clock or FakeClock(), config=parse_config(config, "<test>"),
+              client_kwargs=client_kwargs)
     from azure.core.exceptions import ResourceExistsError
 
     try:

@@ -1,0 +1,21 @@
+"""``python -m refresh local``: the function app on one machine, without the Azure Functions host.
+
+The Functions host cannot be installed here (Core Tools downloads a binary), so this package plays
+its part for local development and for the end-to-end tests. It hosts the functions registered in
+``function_app.py`` exactly as they are declared, reading every trigger and binding from
+``app.get_functions()``:
+
+* :mod:`refresh.local.settings`: app settings (``local.settings.json`` ``Values`` under the
+  environment, as Core Tools does), ``%SETTING%`` binding expressions, ``host.json``;
+* :mod:`refresh.local.host`: loads the app once, builds one runner per trigger, invokes functions
+  on a thread pool with the binding objects the Python worker would build, logs readable lines;
+* :mod:`refresh.local.queues`: queue triggers (polling, peek-lock, redelivery, poison queue);
+* :mod:`refresh.local.blobs`: the lake watcher standing in for Event Grid (Azurite sends no
+  events): BlobCreated for new Delta commits, to the blob trigger and to Event Grid triggers;
+* :mod:`refresh.local.timers`: NCRONTAB timer triggers;
+* :mod:`refresh.local.http`: HTTP triggers on ``127.0.0.1:<port>/api/...``;
+* :mod:`refresh.local.demo`: ``--demo``, a small gold layer and commits to watch;
+* :mod:`refresh.local.cli`: the command line, the embedded Azurite and Power BI simulator.
+
+docs/local.md describes how to use it and how it differs from ``func start``.
+"""
