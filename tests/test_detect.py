@@ -382,3 +382,20 @@ def test_tables_no_dataset_listens_to_are_not_tracked(lake):
     lake.put_raw("finance/other", 0, [info("CREATE TABLE"), add_line("a")])
     lake.created("finance/other", 0)
     assert lake.watermark("finance/other") is None
+
+
+def test_partitioned_table_with_schema_change_and_checkpoint_in_azurite(lake, caplog):
+    import logging
+
+    table = "ops/eu/orders"
+    lake.write(table, {"id": [1, 2], "region": ["eu", None]}, partition_by=["region"])
+    lake.sweep()
+    v1 = lake.write(table, {"id": [3], "region": ["us"], "note": ["new column"]}, partition_by=["region"],
+                    schema_mode="merge")
+    lake.dt(table).create_checkpoint()
+    caplog.set_level(logging.INFO, logger="refresh.detect")
+    lake.created(table, v1)
+    job = lake.pending("ops")
+    assert job.sources[table].last_version == v1 and job.model_tables == ["Ops"]
+    detected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("commit detected")]
+    assert len(detected) == 1 and "partitions=region=us" in detected[0] and "datasets=ops" in detected[0]

@@ -77,7 +77,10 @@ def world(azurite, sim, registered, unique, monkeypatch):
     set_app(None)
 
 
-def test_enhanced_refresh_of_the_model_tables_followed_to_completion(world):
+def test_enhanced_refresh_of_the_model_tables_followed_to_completion(world, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="refresh.outcome")
     world.sim.refresh_duration = 300
     job = world.commit()
     start = world.clock.now()
@@ -98,6 +101,9 @@ def test_enhanced_refresh_of_the_model_tables_followed_to_completion(world):
     assert detail_gets and all(r.path.endswith(row["request_id"]) for r in detail_gets)
     state = world.state("sales")
     assert tables.get_json(state, "running") is None and tables.get_json(state, "pending") is None
+    [line] = [r for r in caplog.records if r.name == "refresh.outcome"]  # one structured line per job
+    assert line.refresh_outcome["status"] == "Completed" and line.refresh_outcome["job_id"] == job.job_id
+    assert line.refresh_outcome["request_id"] == row["request_id"] and "Bearer" not in line.getMessage()
 
 
 def test_second_job_uses_recent_durations_for_its_first_check(world):
