@@ -386,3 +386,36 @@ def test_a_job_failing_max_dequeue_count_times_is_recorded_and_poisoned(world, m
     row = world.row(job.job_id)
     assert row["status"] == "Failed" and "gave up after 5 deliveries" in row["error_message"]
     assert world.app.states.pending("sales") is None
+
+
+def test_lease_of_a_vanished_instance_expires(world):
+    world.sim.refresh_duration = 60
+    first = world.commit()
+    world.pump.run(until=world.clock.now() + timedelta(seconds=61))  # started; its check is queued
+    assert world.row(first.job_id)["status"] == "Running"
+    world.app.queue.real.clear_messages()  # the instance and its check message are gone for good
+    world.pump._held.clear()
+    later = world.commit(versions=(2,))
+    world.pump.run(until=world.clock.now() + timedelta(minutes=30))
+    assert world.row(later.job_id)["status"] in ("Queued", "Waiting")  # the lease still holds
+    world.pump.run()  # ... until it expires (timeout_minutes 30 + 15)
+    old = world.row(first.job_id)
+    assert old["status"] == "Failed" and old["error_code"] == "LeaseExpired"
+    assert world.row(later.job_id)["status"] == "Completed"
+    assert parse_iso(world.row(later.job_id)["started_at"]) >= parse_iso(old["queued_at"]) + timedelta(minutes=45)
+
+
+def test_poison_queue_function_records_what_lands_there(world):
+    import azure.functions.queue as fq
+
+    world.sim.refresh_duration = 600
+    job = world.commit()
+    world.pump.run(until=world.clock.now() + timedelta(seconds=100))
+    assert world.row(job.job_id)["status"] == "Running"
+    body = messages.JobMessage.new("check", "sales", job.job_id, world.clock.now()).encode()
+    world.fn["on_refresh_poison"](fq.QueueMessage(id="poisoned-1", body=body.encode(), dequeue_count=5))
+    row = world.row(job.job_id)
+    assert row["status"] == "Failed" and "poison queue after 5 deliveries" in row["error_message"]
+    assert tables.get_json(world.state("sales"), "running") is None  # the dataset is free again
+    world.fn["on_refresh_poison"](fq.QueueMessage(id="poisoned-2", body=b"\xff\xfe garbage", dequeue_count=5))
+    assert any("not UTF-8" in r["error_message"] for r in world.app.outcomes.history("_rejected"))
