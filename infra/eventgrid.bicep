@@ -1,6 +1,6 @@
 // Step 2 of 2: the Event Grid subscriptions from the lake's system topic to the app's webhooks.
 // Run it AFTER the code is deployed (azd runs it from the postdeploy hook, infra/scripts/postdeploy.*;
-// the plain az path is in docs/deployment.md): Event Grid validates each webhook when the
+// the plain az path is in the README (Deploying to Azure)): Event Grid validates each webhook when the
 // subscription is created, and the host's system keys `blobs_extension` and `eventgrid_extension`
 // exist only once the host has loaded a blob trigger and an Event Grid trigger.
 //

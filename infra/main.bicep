@@ -8,7 +8,7 @@
 //
 // Plain resource declarations only (no registry modules), so the template can be read and scanned
 // offline. Deploy with `azd up`, or `az deployment group create -g <rg> -f infra/main.bicep ...`
-// (see docs/deployment.md).
+// (see README.md (Deploying to Azure)).
 
 targetScope = 'resourceGroup'
 
@@ -76,7 +76,7 @@ param powerBiApiUrl string = 'https://api.powerbi.com/v1.0/myorg'
 @description('OAuth scope for Power BI tokens (POWERBI_SCOPE). Change for sovereign clouds.')
 param powerBiScope string = 'https://analysis.windows.net/powerbi/api/.default'
 
-@description('More app settings as name/value pairs, for example the tuning knobs documented in docs/deployment.md (POWERBI_TIMEOUT_SECONDS, ...). Do not repeat a setting this template manages.')
+@description('More app settings as name/value pairs, for example the tuning knobs documented in README.md (Deploying to Azure) (POWERBI_TIMEOUT_SECONDS, ...). Do not repeat a setting this template manages.')
 param extraAppSettings object = {}
 
 // ---------------------------------------------------------------------------------------------

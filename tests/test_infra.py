@@ -5,7 +5,7 @@ the Bicep text itself with a small parser for the subset the templates use. On t
 
 * ``scripts/check_infra.sh`` (checkov, offline) passes with zero failed checks;
 * app settings parity in both directions with ``refresh.settings.SETTINGS``: every setting the code
-  reads is set by the template, or has a default that docs/deployment.md documents (and settings
+  reads is set by the template, or has a default that README.md documents (and settings
   used as ``%NAME%`` binding expressions are always set, because the host resolves them, not the
   Python defaults); every setting the template sets is read by the code, is a connection setting
   (``AzureWebJobsStorage__*``, ``LAKE_STORAGE__*``), or is on a short platform allow-list;
@@ -42,7 +42,7 @@ from refresh.settings import HOST_STORAGE, LAKE_STORAGE, SETTINGS
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 FUNCTION_BICEP = INFRA / "app" / "function.bicep"
-DOCS = ROOT / "docs" / "deployment.md"
+DOCS = ROOT / "README.md"
 
 # Settings the template may set although the code does not list them in SETTINGS: read by the
 # Functions platform (Application Insights) or by azure-identity's DefaultAzureCredential.
@@ -695,7 +695,7 @@ def test_checkov_is_pinned_and_run_offline():
 # ================================================================================================
 
 def _documented_defaults() -> dict[str, str]:
-    """`NAME` -> `default` from the rows of docs/deployment.md's settings tables."""
+    """`NAME` -> `default` from the rows of README.md's settings tables."""
     rows = re.findall(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|\s*`([^`]*)`\s*\|", DOCS.read_text(encoding="utf-8"), re.M)
     return dict(rows)
 
@@ -716,7 +716,7 @@ def test_every_code_setting_is_set_by_the_template_or_has_a_documented_default()
             continue
         assert setting.default is not None, f"{setting.name} has no default and the template does not set it"
         assert documented.get(setting.name) == setting.default, \
-            f"{setting.name}: not set by the template, so docs/deployment.md must document its default " \
+            f"{setting.name}: not set by the template, so README.md must document its default " \
             f"{setting.default!r} in a `| \\`{setting.name}\\` | \\`{setting.default}\\` |` row"
 
 
@@ -940,7 +940,7 @@ def test_role_assignments_are_least_privilege_and_documented():
     docs = DOCS.read_text(encoding="utf-8")
     table = [line for line in docs.splitlines() if line.startswith("|")]
     for _, role, _, _ in assignments:
-        assert any(role in line for line in table), f"docs/deployment.md role table lacks {role}"
+        assert any(role in line for line in table), f"README.md role table lacks {role}"
 
 
 # ================================================================================================

@@ -1,5 +1,5 @@
 // Role assignments in the app's resource group. The lake's are in lake.bicep; the Key Vault one is
-// in keyvault.bicep. docs/deployment.md has the full table with the reason for each role.
+// in keyvault.bicep. README.md (Deploying to Azure) has the full table with the reason for each role.
 
 param storageAccountName string
 param applicationInsightsName string

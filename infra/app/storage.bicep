@@ -22,7 +22,7 @@ param logAnalyticsWorkspaceId string
 param skuName string = 'Standard_GRS'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  //checkov:skip=CKV_AZURE_35:The Flex app reaches its host storage over the public endpoint because this template creates no VNet integration (see docs/deployment.md, hardening). Shared keys are disabled, so only Entra ID principals with data roles get in.
+  //checkov:skip=CKV_AZURE_35:The Flex app reaches its host storage over the public endpoint because this template creates no VNet integration (see README.md (Deploying to Azure), hardening). Shared keys are disabled, so only Entra ID principals with data roles get in.
   //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: no VNet and private endpoints in this template; access is identity-only (allowSharedKeyAccess false, no public blob access).
   name: name
   location: location

@@ -3,7 +3,7 @@
 # Azure Resource Manager cannot do this: workspace roles live in Power BI, not in Azure.
 #
 # Run it as a Power BI user who is Admin of those workspaces (AddGroupUser needs that), after the
-# tenant setting "Service principals can use Fabric APIs" allows the identity (docs/deployment.md):
+# tenant setting "Service principals can use Fabric APIs" allows the identity (README.md (Deploying to Azure)):
 #
 #   az login                        # as that Power BI user
 #   ./infra/scripts/grant-powerbi-access.sh --principal-object-id <object id> [options] [WORKSPACE ...]
