@@ -45,3 +45,57 @@ def run_refresh_job(msg: func.QueueMessage) -> None:
 def on_refresh_poison(msg: func.QueueMessage) -> None:
     """Record jobs whose messages failed maxDequeueCount times."""
     functions.on_refresh_poison(msg)
+
+
+# HTTP API (refresh/api.py; the README documents it). Every route takes every method so that a wrong one
+# gets the app's own JSON 405 instead of the host's bare 404.
+HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@app.function_name("request_refresh")
+@app.route(route="refreshes", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/refreshes: refresh a configured dataset, or any dataset by workspace and name, now."""
+    return functions.request_refresh(req)
+
+
+@app.function_name("get_refresh")
+@app.route(route="refreshes/{job_id}", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def get_refresh(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/refreshes/{job_id}: the job's outcome row."""
+    return functions.get_refresh(req)
+
+
+@app.function_name("list_datasets")
+@app.route(route="datasets", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def list_datasets(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/datasets: every configured dataset with its last outcome, pending work and limit use."""
+    return functions.list_datasets(req)
+
+
+@app.function_name("dataset_history")
+@app.route(route="datasets/{key}/history", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def dataset_history(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/datasets/{key}/history?top=N: outcome rows, newest first."""
+    return functions.dataset_history(req)
+
+
+@app.function_name("health")
+@app.route(route="health", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/health: config, storage and Power BI token; 200 or 503."""
+    return functions.health(req)
+
+
+@app.function_name("status_page")
+@app.route(route="status", methods=HTTP_METHODS, auth_level=func.AuthLevel.FUNCTION)
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/status: the HTML status page (?dataset=<key> for one dataset's history)."""
+    return functions.status_page(req)
+
+
+@app.function_name("run_schedules")
+@app.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=True)
+def run_schedules(timer: func.TimerRequest) -> None:
+    """Every minute: enqueue each due scheduled refresh exactly once (refresh/schedules.py)."""
+    functions.run_schedules(timer)

@@ -81,3 +81,54 @@ def on_refresh_poison(msg: Any) -> None:
         log.error("poison message %s could not be parsed: %s", msg.id, exc)
         return
     worker.give_up(job, f"message moved to the poison queue after {msg.dequeue_count or '?'} deliveries")
+
+
+def run_schedules(timer: Any) -> None:
+    """Timer (every minute): enqueue each due scheduled refresh once (refresh/schedules.py)."""
+    from .schedules import run_schedules as run
+
+    if getattr(timer, "past_due", False):
+        log.info("schedule timer is running late (past due)")
+    run(get_app())
+
+
+def request_refresh(req: Any) -> Any:
+    """HTTP POST /api/refreshes (refresh/api.py)."""
+    from . import api
+
+    return api.request_refresh(req)
+
+
+def get_refresh(req: Any) -> Any:
+    """HTTP GET /api/refreshes/{job_id}."""
+    from . import api
+
+    return api.get_refresh(req)
+
+
+def list_datasets(req: Any) -> Any:
+    """HTTP GET /api/datasets."""
+    from . import api
+
+    return api.list_datasets(req)
+
+
+def dataset_history(req: Any) -> Any:
+    """HTTP GET /api/datasets/{key}/history."""
+    from . import api
+
+    return api.dataset_history(req)
+
+
+def health(req: Any) -> Any:
+    """HTTP GET /api/health."""
+    from . import api
+
+    return api.health(req)
+
+
+def status_page(req: Any) -> Any:
+    """HTTP GET /api/status (HTML)."""
+    from . import api
+
+    return api.status_page(req)
