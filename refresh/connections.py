@@ -74,6 +74,15 @@ def credential_for(name: str, env: Mapping[str, str] | None = None) -> Any:
 def _client(name: str, service: str, timeout: float, env: Mapping[str, str] | None, **extra: Any) -> Any:
     env = os.environ if env is None else env
     kwargs: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout, **extra}
+    if service in ("blob", "queue"):
+        if service == "blob":
+            from azure.storage.blob import ExponentialRetry
+        else:
+            from azure.storage.queue import ExponentialRetry
+
+        # The SDK's default first retry waits 15 s; a refresh trigger should recover within seconds:
+        # 1 s, 3 s, 5 s, 9 s, 17 s (plus jitter) for transient storage errors.
+        kwargs.setdefault("retry_policy", ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=5))
     if service == "blob":
         from azure.storage.blob import BlobServiceClient as cls
 

@@ -38,12 +38,20 @@ def on_lake_event(event: Any) -> None:
 
 def sweep_delta_logs(timer: Any) -> None:
     """Timer: probe every configured table for commits the events missed."""
+    from azure.core.exceptions import ResourceNotFoundError
+
     from .sweep import sweep
 
     app = get_app()
     if getattr(timer, "past_due", False):
         log.info("sweep is running late (past due)")
-    sweep(app.detector, app.watermarks, app.lake, app.states, app.settings.sweep_concurrency)
+    try:
+        sweep(app.detector, app.watermarks, app.lake, app.states, app.settings.sweep_concurrency)
+    except ResourceNotFoundError as exc:
+        if getattr(exc, "error_code", None) == "ContainerNotFound":
+            raise RuntimeError(f"the gold container {app.settings.gold_container!r} does not exist in the "
+                               "LAKE_STORAGE account (check GOLD_CONTAINER and LAKE_STORAGE)") from None
+        raise
 
 
 def _max_dequeue_count() -> int:

@@ -1,4 +1,4 @@
-"""End to end: ``python -m refresh local`` as a subprocess, exactly as docs/local.md runs it.
+"""End to end: ``python -m refresh local`` as a subprocess, exactly as the README runs it.
 
 1. Configured services (nothing embedded): the test's Azurite and Power BI simulator are handed to
    the runtime through ``local.settings.json``. Delta commits written with ``deltalake`` become
@@ -74,9 +74,13 @@ def clean_env() -> dict[str, str]:
 class Runtime:
     """``python -m refresh local`` in a subprocess, its output in a file."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, readme_command: bool = False) -> None:
         self.tmp = tmp
         self.args = list(args)
+        # readme_command: start it exactly as the README says (./scripts/run-local.sh, which sets up and
+        # then execs `python -m refresh local`), else `python -m refresh local` directly
+        self.prefix = [str(ROOT / "scripts" / "run-local.sh")] if readme_command \
+            else [sys.executable, "-m", "refresh", "local"]
         self.state_file = tmp / "runtime.json"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
@@ -86,7 +90,7 @@ class Runtime:
     def start(self) -> dict[str, Any]:
         self.runs += 1
         self.state_file.unlink(missing_ok=True)  # a killed run leaves its state file behind
-        command = [sys.executable, "-m", "refresh", "local", *self.args, "--port", str(self.port),
+        command = [*self.prefix, *self.args, "--port", str(self.port),
                    "--state-file", str(self.state_file)]
         with self.log.open("a") as out:
             out.write(f"\n===== run {self.runs}: {' '.join(command[1:])}\n")
@@ -270,7 +274,7 @@ class _NoMark:
 def test_demo_with_embedded_azurite_and_simulator_then_ctrl_c(tmp_path):
     settings = tmp_path / "local.settings.json"
     settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}}))  # nothing configured
-    runtime = Runtime(tmp_path, "--demo", "--settings", str(settings))
+    runtime = Runtime(tmp_path, "--demo", "--settings", str(settings), readme_command=True)
     try:
         state = runtime.start()
         assert state["azurite"]["pid"] and state["simulator"]["admin_url"]

@@ -17,5 +17,5 @@ its part for local development and for the end-to-end tests. It hosts the functi
 * :mod:`refresh.local.demo`: ``--demo``, a small gold layer and commits to watch;
 * :mod:`refresh.local.cli`: the command line, the embedded Azurite and Power BI simulator.
 
-docs/local.md describes how to use it and how it differs from ``func start``.
+The README ("Running locally") describes how to use it and how it differs from ``func start``.
 """

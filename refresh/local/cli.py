@@ -1,4 +1,4 @@
-"""``python -m refresh local``: run the function app on this machine (see docs/local.md).
+"""``python -m refresh local``: run the function app on this machine (the README, "Running locally", documents it).
 
 Settings: ``local.settings.json`` ``Values`` (``--settings``, default ``local.settings.json`` in the
 app root if present), under the environment, plus the app's declared defaults
