@@ -1479,3 +1479,11 @@ def test_grant_powerbi_access_reports_unknown_workspaces(tmp_path, power_bi):
     assert "Nope: FAILED" in done.stderr
     writes = [(m, b["groupUserAccessRight"]) for m, _, b, _ in _PowerBi.log if m in ("POST", "PUT")]
     assert writes == [("POST", "Member")]
+
+
+def test_readme_walkthrough_names_every_parameter_of_main_bicep():
+    names = re.findall(r"^param\s+(\w+)", (INFRA / "main.bicep").read_text(encoding="utf-8"), re.M)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("#### Every parameter of `infra/main.bicep`"):]
+    assert names and all(f"| `{name}` |" in table for name in names), \
+        [n for n in names if f"| `{n}` |" not in table]
