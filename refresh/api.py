@@ -27,7 +27,7 @@ import azure.functions as func
 from . import tables
 from .app import get_app
 from .clock import iso, parse_iso
-from .config import DATASET_KEY_RE, MAX_NAME_LENGTH, REFRESH_TYPES, ConfigError
+from .config import DATASET_KEY_RE, MAX_NAME_LENGTH, REFRESH_TYPES, ConfigError, json_object_hook
 from .outcomes import END_STATES
 from .pending import PK_DATASET, Change, pending_of
 from .settings import SettingsError
@@ -118,23 +118,6 @@ def endpoint(*methods: str, html: bool = False) -> Callable[[Callable[..., func.
 # request parsing
 
 
-class _Pairs(dict):
-    duplicates: tuple[str, ...] = ()
-
-
-def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
-    obj = _Pairs(items)
-    if len(obj) != len(items):
-        seen: set[str] = set()
-        repeated: list[str] = []
-        for name, _ in items:
-            if name in seen and name not in repeated:
-                repeated.append(name)
-            seen.add(name)
-        obj.duplicates = tuple(repeated)
-    return obj
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -152,7 +135,7 @@ def read_json_object(req: func.HttpRequest) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
     try:
-        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constants)
+        data = json.loads(text, object_pairs_hook=json_object_hook, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json",
                        f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
@@ -256,8 +239,6 @@ def _dataset_key(value: str | None, field: str = "key") -> str:
 def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     """Ask for a refresh now: of a configured dataset (``{"dataset": key}``) or of any dataset by
     workspace and dataset name or id. Joins the dataset's pending job if there is one. 202."""
-    from .schedules import record_change
-
     data = read_json_object(req)
     problems: dict[str, str] = {}
     for name in getattr(data, "duplicates", ()):
@@ -317,7 +298,7 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
                     model_tables=frozenset(model_tables) if model_tables else None, requested_by=requester(req),
                     reason=reason, refresh_type=refresh_type,
                     workspace=None if configured else workspace, dataset=None if configured else dataset)
-    result = record_change(app, key, change)
+    result = app.states.record(key, change)
     joined = not result.created
     log.info("manual refresh: dataset=%s job=%s joined=%s", key, result.job_id, joined)
     url = status_url(req, result.job_id or "")

@@ -31,7 +31,6 @@ class App:
             self.__dict__["config"] = config
         if credential is not None:
             self.__dict__["credential"] = credential
-        self._lock = threading.Lock()
 
     @cached_property
     def config(self) -> RoutingConfig:
@@ -89,12 +88,24 @@ class App:
 
     @cached_property
     def states(self) -> Any:
+        from .outcomes import END_STATES
         from .pending import DatasetStates
 
         outcomes = self.outcomes
+
+        def joined(key: str, job: Any) -> None:
+            def merged(row: dict) -> dict | None:
+                if row.get("status") in END_STATES:
+                    return None
+                return {"triggers": job.triggers, "requested_by": job.requested_by, "reasons": job.reasons,
+                        "due_at": job.due_at, "model_tables": job.objects() or []}
+
+            outcomes.update(key, job.job_id, merged)
+
         return DatasetStates(self.state_table, self.queue, self.clock,
                              on_created=lambda key, job: outcomes.create(key, job.job_id, self.clock.now(),
-                                                                         queued_fields(job)))
+                                                                         queued_fields(job)),
+                             on_joined=joined)
 
     @cached_property
     def credential(self) -> Any:

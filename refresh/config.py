@@ -171,8 +171,13 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
         else:
             if i and segments[i - 1] != "**":
                 out.append("/")
-            out.append(r"[^/]+" if seg == "*" else re.escape(seg).replace(r"\*", r"[^/]*"))
+            out.append(r"[^/]+" if seg == "*" else segment_regex(seg))
     return re.compile("".join(out))
+
+
+def segment_regex(segment: str) -> str:
+    """Regex text for one glob segment without ``**``: ``*`` matches within the segment, the rest is literal."""
+    return re.escape(segment).replace(r"\*", r"[^/]*")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,14 +586,15 @@ DATASET_CHECKS: tuple[Callable[[dict[str, Any], str, _Problems], None], ...] = (
 # parsing
 
 
-class _JsonObject(dict):
+class JsonObject(dict):
     """A JSON object that remembers keys given more than once (``json`` keeps the last silently)."""
 
     duplicates: tuple[str, ...] = ()
 
 
-def _object_hook(pairs: list[tuple[str, Any]]) -> _JsonObject:
-    obj = _JsonObject(pairs)
+def json_object_hook(pairs: list[tuple[str, Any]]) -> JsonObject:
+    """``object_pairs_hook`` for ``json.loads`` that records repeated keys in ``.duplicates``."""
+    obj = JsonObject(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         repeated: list[str] = []
@@ -709,7 +715,7 @@ def load_config(path: str | Path) -> RoutingConfig:
     except OSError as exc:
         raise ConfigError(source, [("", f"cannot be read: {exc.strerror or exc}")]) from None
     try:
-        data = json.loads(text, object_pairs_hook=_object_hook)
+        data = json.loads(text, object_pairs_hook=json_object_hook)
     except json.JSONDecodeError as exc:
         raise ConfigError(source, [("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
                           ) from None

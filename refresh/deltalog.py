@@ -486,7 +486,23 @@ class _FileLines(Iterator[bytes]):
         self.close()
 
 
-class LocalLogReader:
+class _ReaderBase:
+    """What every :class:`LogReader` derives from its ``commit_versions`` and ``open_commit``."""
+
+    def commit_versions(self, after: int | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def latest_version(self) -> int | None:
+        """The newest commit version, or None."""
+        versions = self.commit_versions()
+        return versions[-1] if versions else None
+
+    def find_column_mapping(self, before_version: int, limit: int = 200) -> dict[str, str]:
+        """physical -> logical partition column names from the newest metaData <= ``before_version``."""
+        return _find_column_mapping(self, before_version, limit)
+
+
+class LocalLogReader(_ReaderBase):
     """:class:`LogReader` over a table folder on the local file system."""
 
     def __init__(self, root: str | Path, table: str | None = None) -> None:
@@ -517,14 +533,6 @@ class LocalLogReader:
         versions.sort()
         return versions
 
-    def latest_version(self) -> int | None:
-        """The newest commit version, or None."""
-        versions = self.commit_versions()
-        return versions[-1] if versions else None
-
-    def find_column_mapping(self, before_version: int, limit: int = 200) -> dict[str, str]:
-        """physical -> logical partition column names from the newest metaData <= ``before_version``."""
-        return _find_column_mapping(self, before_version, limit)
 
 
 def _listing_prefix(after: int | None) -> str:
@@ -537,7 +545,7 @@ def _listing_prefix(after: int | None) -> str:
     return low[:shared]
 
 
-class BlobLogReader:
+class BlobLogReader(_ReaderBase):
     """:class:`LogReader` over ``<table>/_delta_log/`` in a Blob Storage container."""
 
     def __init__(self, container: ContainerClient, table: str) -> None:
@@ -580,14 +588,6 @@ class BlobLogReader:
         versions.sort()
         return versions
 
-    def latest_version(self) -> int | None:
-        """The newest commit version, or None."""
-        versions = self.commit_versions()
-        return versions[-1] if versions else None
-
-    def find_column_mapping(self, before_version: int, limit: int = 200) -> dict[str, str]:
-        """physical -> logical partition column names from the newest metaData <= ``before_version``."""
-        return _find_column_mapping(self, before_version, limit)
 
 
 def classify_version(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import lru_cache
 from typing import Any
 
 from . import events
@@ -54,21 +56,16 @@ def sweep_delta_logs(timer: Any) -> None:
         raise
 
 
+@lru_cache(maxsize=1)
 def _max_dequeue_count() -> int:
-    import json
-    from functools import lru_cache
+    """host.json's extensions.queues.maxDequeueCount (5 if absent), read once per process."""
+    from .settings import APP_ROOT
 
-    @lru_cache(maxsize=1)
-    def read() -> int:
-        from .settings import APP_ROOT
-
-        try:
-            host = json.loads((APP_ROOT / "host.json").read_text())
-            return int(host["extensions"]["queues"]["maxDequeueCount"])
-        except (OSError, KeyError, ValueError):
-            return 5
-
-    return read()
+    try:
+        host = json.loads((APP_ROOT / "host.json").read_text())
+        return int(host["extensions"]["queues"]["maxDequeueCount"])
+    except (OSError, KeyError, ValueError):
+        return 5
 
 
 def run_refresh_job(msg: Any) -> None:

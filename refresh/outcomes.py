@@ -7,6 +7,7 @@ partition lists newest first and every job has its own row. An index entity in `
 Statuses: ``Queued`` (waiting for its debounce), ``Waiting`` (busy dataset, 429, daily limit: see
 ``detail``), ``Running``, and the end states ``Completed``, ``Failed``, ``Cancelled``, ``TimedOut``,
 ``Disabled``, ``NotRefreshable``, ``Skipped`` and ``Rejected`` (a message that could not be parsed).
+``adopted`` is true when a redelivered message found the refresh its earlier POST had started.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ COLUMNS = (
     "job_id", "dataset_key", "status", "detail", "trigger", "triggers", "requested_by", "reasons", "sources",
     "model_tables", "workspace_id", "workspace_name", "dataset_id", "dataset_name", "refresh_type",
     "request_id", "attempts", "queued_at", "due_at", "started_at", "ended_at", "duration_seconds",
-    "error_code", "error_message", "messages",
+    "error_code", "error_message", "messages", "adopted",
 )
 JSON_COLUMNS = ("sources", "model_tables", "requested_by", "triggers", "reasons", "messages")
 

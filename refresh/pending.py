@@ -107,17 +107,20 @@ class Recorded:
     job_id: str | None     # None when nothing new was recorded (all versions already covered)
     created: bool          # a new job (and a queue message) was created
     due_at: str | None = None
+    earlier: bool = False  # joined a pending job and made it due earlier (a message for the new time was sent)
 
 
 class DatasetStates:
     """Reads and updates the per-dataset state entities."""
 
     def __init__(self, table: Any, queue: Any, clock: Clock,
-                 on_created: Callable[[str, PendingJob], None] | None = None) -> None:
+                 on_created: Callable[[str, PendingJob], None] | None = None,
+                 on_joined: Callable[[str, PendingJob], None] | None = None) -> None:
         self.table = table
         self.queue = queue
         self.clock = clock
         self.on_created = on_created  # e.g. create the job's outcome row (status Queued)
+        self.on_joined = on_joined    # an explicit (manual, scheduled) request joined a pending job
 
     def get(self, dataset: str) -> Any | None:
         return tables.get_entity(self.table, PK_DATASET, tables.row_key(dataset))
@@ -137,17 +140,26 @@ class DatasetStates:
             if updated is None:
                 return result
             try:
-                etag = tables.write(self.table, updated, entity.metadata["etag"] if entity else None)
+                tables.write(self.table, updated, entity.metadata["etag"] if entity else None)
             except tables.Conflict:
                 continue
             if result.created:
                 if self.on_created is not None:
                     self.on_created(dataset, pending_of(updated))
-                self._send(dataset, result.job_id, result.due_at, etag)
+                self._send(dataset, result.job_id, result.due_at)
+            else:
+                if result.earlier:
+                    # the message already queued is for the old due time; the worker drops whichever
+                    # of the two arrives after the job has started
+                    now = self.clock.now()
+                    delay = (parse_iso(result.due_at) - now).total_seconds()
+                    messages.send(self.queue, messages.JobMessage.new("job", dataset, result.job_id, now), delay)
+                if change.trigger != "commit" and self.on_joined is not None:
+                    self.on_joined(dataset, pending_of(updated))
             return result
         raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
 
-    def _send(self, dataset: str, job_id: str, due_at: str, etag: str | None) -> None:
+    def _send(self, dataset: str, job_id: str, due_at: str) -> None:
         now = self.clock.now()
         delay = (parse_iso(due_at) - now).total_seconds()
         messages.send(self.queue, messages.JobMessage.new("job", dataset, job_id, now), delay)
@@ -185,7 +197,7 @@ class DatasetStates:
                 continue
             dataset = tables.from_row_key(entity["RowKey"])
             log.warning("dataset %s: job %s had no queue message; sending it now", dataset, job.job_id)
-            self._send(dataset, job.job_id, job.due_at, None)
+            self._send(dataset, job.job_id, job.due_at)
             repaired += 1
         return repaired
 
@@ -224,6 +236,7 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
 
     job = pending_of(entity)
     created = job is None
+    old_due = None if job is None else parse_iso(job.due_at)
     if job is None:
         job = PendingJob(job_id=uuid.uuid4().hex, trigger=change.trigger, created_at=iso(now),
                          last_change_at=iso(now), due_at=iso(now))
@@ -256,14 +269,16 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     if not created:
         # a later change never makes a job due earlier than an explicit request asked (manual = now)
         due = max(due, now) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
-    job.due_at = iso(max(due, created_at))
+    new_due = max(due, created_at)
+    job.due_at = iso(new_due)
 
     data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
     tables.put_json(data, "pending", job.to_dict())
     tables.put_json(data, "covered", covered)
     if created:
         data["enqueued"] = False
-    return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at)
+    return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
+                          earlier=old_due is not None and new_due < old_due)
 
 
 def _add_unique(target: list[str], items: Iterable[str], cap: int) -> None:

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import messages, ncrontab, tables
+from . import ncrontab, tables
 from .clock import iso, parse_iso
-from .outcomes import END_STATES
-from .pending import Change, Recorded, pending_of
+from .pending import Change, pending_of
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def _fire(app: Any, ds: Any, due: datetime, coalesced: int, now: datetime) -> Sc
     reason = f"schedule {ds.schedule} due at {iso(due)}"
     if coalesced > 1:
         reason += f" ({coalesced - 1} earlier due time(s) coalesced)"
-    recorded = record_change(app, ds.key, Change(
+    recorded = app.states.record(ds.key, Change(
         trigger="schedule", debounce_seconds=0, max_delay_seconds=0, model_tables=None,
         requested_by="schedule", reason=reason, scheduled_for=iso(due)))
     action = "fired" if recorded.created else "joined"
@@ -206,36 +205,6 @@ def unchanged(entity: Any | None) -> bool:
     covered: dict[str, int] = tables.get_json(entity, "covered", {}) or {}
     refreshed: dict[str, int] = tables.get_json(entity, "refreshed", {}) or {}
     return all(version <= refreshed.get(table, -1) for table, version in covered.items())
-
-
-def record_change(app: Any, key: str, change: Change) -> Recorded:
-    """``app.states.record(key, change)``, plus what an explicit (manual or scheduled) request needs
-    when it joins a job that is already pending:
-
-    * the job's queue message was sent for the job's *old* due time (a commit's debounce); the join
-      makes it due now, so a wake-up message is sent for the new due time (the worker ignores the
-      later, original message: by then the job is running or done);
-    * the job's outcome row gets the merged triggers, requesters and reasons at once.
-    """
-    before = app.states.pending(key)
-    result = app.states.record(key, change)
-    if result.created or result.job_id is None:
-        return result
-    now = app.clock.now()
-    if before is not None and before.job_id == result.job_id and result.due_at \
-            and parse_iso(result.due_at) < parse_iso(before.due_at):
-        delay = max(0.0, (parse_iso(result.due_at) - now).total_seconds())
-        messages.send(app.queue, messages.JobMessage.new("job", key, result.job_id, now), delay)
-    job = app.states.pending(key)
-    if job is not None and job.job_id == result.job_id:
-        def merged(row: dict) -> dict | None:
-            if row.get("status") in END_STATES:
-                return None
-            return {"triggers": job.triggers, "requested_by": job.requested_by, "reasons": job.reasons,
-                    "due_at": job.due_at, "model_tables": job.objects() or []}
-
-        app.outcomes.update(key, result.job_id, merged)
-    return result
 
 
 def next_due(expression: str | None, now: datetime) -> datetime | None:

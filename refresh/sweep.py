@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import segment_regex
 from .detect import Detector, TableResult
 from .watermarks import Watermarks
 
@@ -33,13 +34,10 @@ class SweepResult:
     repaired: int = 0
 
 
-def _segment_regex(segment: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(segment).replace(r"\*", "[^/]*") + "$")
-
-
 def expand_glob(container: Any, pattern: str) -> list[str]:
     """Table roots in ``container`` matching ``pattern`` (``*`` one segment, ``**`` any depth)."""
     segments = pattern.split("/")
+    matchers = [None if seg == "**" else re.compile(segment_regex(seg)) for seg in segments]
     found: list[str] = []
 
     def children(prefix: str) -> tuple[list[str], bool]:
@@ -69,9 +67,10 @@ def expand_glob(container: Any, pattern: str) -> list[str]:
             for i in states:
                 if i >= len(segments):
                     continue
-                if segments[i] == "**":
+                matcher = matchers[i]
+                if matcher is None:  # '**'
                     nxt.add(i)
-                elif _segment_regex(segments[i]).match(child):
+                elif matcher.fullmatch(child):
                     nxt.add(i + 1)
             if nxt:
                 walk(f"{prefix}{child}/", nxt, depth + 1)

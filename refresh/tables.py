@@ -14,9 +14,6 @@ from azure.data.tables import UpdateMode
 # split over several properties NAME_0, NAME_1, ... with NAME_n holding the count.
 _CHUNK = 30_000
 
-CONFLICT_ERRORS = (ResourceModifiedError, ResourceExistsError)
-
-
 class Conflict(Exception):
     """Another writer changed the entity first (ETag mismatch or a concurrent create)."""
 

@@ -231,7 +231,7 @@ class Worker:
             found = self._find_posted(running)
             if found is not None:  # our own earlier POST is the one executing
                 return self._started(dataset_key, running, found, adopted=True)
-            return self._back_to_pending(dataset_key, running, self._busy_backoff(running),
+            return self._back_to_pending(dataset_key, running, self._busy_backoff(),
                                          "another refresh of this dataset is already executing in Power BI",
                                          exc)
         except pbi_errors.ThrottledError as exc:
@@ -273,7 +273,7 @@ class Worker:
                       dataset_id=running["dataset_id"], dataset_name=running["dataset_name"],
                       sources=_sources(job), model_tables=job.objects() or [], triggers=job.triggers,
                       requested_by=job.requested_by, reasons=job.reasons,
-                      attempts=running.get("attempts", 0) + 1, detail="adopted after redelivery" if adopted else None)
+                      attempts=running.get("attempts", 0) + 1, adopted=adopted)
         log.info("refresh started: dataset=%s job=%s refresh_id=%s type=%s tables=%s", dataset_key, job.job_id,
                  refresh_id, "enhanced" if running["enhanced"] else "standard",
                  ",".join(job.objects() or ["<whole model>"]))
@@ -497,9 +497,9 @@ class Worker:
             return min(max(remaining + 5.0, 10.0), 600.0)
         return 30.0
 
-    def _busy_backoff(self, running: dict) -> float:
-        n = running.get("busy", 0)
-        return min(BUSY_DELAY * (2 ** min(n, 3)), MAX_BACKOFF) * (0.8 + 0.4 * self.rng.random())
+    def _busy_backoff(self) -> float:
+        """Wait after "another refresh is already executing": a minute, jittered so instances spread."""
+        return BUSY_DELAY * (0.8 + 0.4 * self.rng.random())
 
     def _backoff(self, attempt: int) -> float:
         return min(5.0 * (2 ** attempt), MAX_BACKOFF) * (0.5 + self.rng.random())

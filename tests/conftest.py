@@ -83,3 +83,14 @@ def sim(validator, request):
     if len(mismatches) != expected:
         pytest.fail(f"expected {expected} swagger mismatch(es), got {len(mismatches)}:\n" + "\n".join(mismatches),
                     pytrace=False)
+
+
+@pytest.fixture
+def powerbi_identity(sim, monkeypatch):
+    """azure-identity's real managed-identity code, pointed at the simulator's token endpoint (and no
+    other credential in the environment), for apps that build DefaultAzureCredential themselves."""
+    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
+    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    return sim

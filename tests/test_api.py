@@ -94,11 +94,7 @@ class ApiWorld:
 
 
 @pytest.fixture
-def world(azurite, sim, registered, unique, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def world(azurite, sim, powerbi_identity, registered, unique):
     w = ApiWorld(azurite, sim, registered, unique)
     yield w
     set_app(None)
@@ -369,9 +365,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_health_503_names_a_broken_config(azurite, sim, registered, unique, tmp_path, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
+def test_health_503_names_a_broken_config(azurite, sim, powerbi_identity, registered, unique, tmp_path):
     bad = tmp_path / "refresh-config.json"
     bad.write_text('{"datasets": {"sales": {"workspace": "W", "dataset": "D", "sources": [], "colour": 1}}}')
     env = storage_env(azurite.connection_string, unique, REFRESH_CONFIG=str(bad), POWERBI_API_URL=sim.base_url)

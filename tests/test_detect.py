@@ -286,7 +286,11 @@ def test_crash_between_recording_and_moving_the_watermark(lake, monkeypatch):
     assert lake.pending("sales").sources["sales/fact_orders"].commits == 2
     assert lake.watermark("sales/fact_orders").version == 0
     # the worker takes the job before detection re-runs
-    lake.app.states.update("sales", lambda e: bool(tables.put_json(e, "pending", None)) or True)
+    def worker_takes_job(entity: dict) -> bool:
+        tables.put_json(entity, "pending", None)
+        return True
+
+    lake.app.states.update("sales", worker_takes_job)
     monkeypatch.setattr(lake.app.watermarks, "save", real_save)
     lake.created("sales/fact_orders", 2)  # redelivered event
     assert lake.pending("sales") is None  # nothing doubled

@@ -233,11 +233,7 @@ def test_grace_setting_is_validated():
 
 
 @pytest.fixture
-def pumped(make, sim, registered, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def pumped(make, sim, powerbi_identity, registered):
     finance = sim.add_workspace("Finance Analytics", dedicated=True)
     sim.add_dataset(finance, "Sales Model")
 

@@ -148,11 +148,7 @@ class PageWorld:
 
 
 @pytest.fixture
-def world(azurite, sim, registered, unique, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def world(azurite, sim, powerbi_identity, registered, unique):
     w = PageWorld(azurite, sim, registered, unique)
     yield w
     set_app(None)

@@ -67,11 +67,7 @@ class World:
 
 
 @pytest.fixture
-def world(azurite, sim, registered, unique, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "MSI_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def world(azurite, sim, powerbi_identity, registered, unique):
     w = World(azurite, sim, registered, unique)
     yield w
     set_app(None)
@@ -190,9 +186,7 @@ def test_429_with_a_long_retry_after_requeues_instead_of_sleeping(world):
     assert waited >= timedelta(seconds=3060)
 
 
-def test_retry_after_is_capped_by_the_setting(azurite, sim, registered, unique, monkeypatch):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", sim.identity_endpoint)
-    monkeypatch.setenv("IDENTITY_HEADER", sim.identity_header)
+def test_retry_after_is_capped_by_the_setting(azurite, sim, powerbi_identity, registered, unique):
     w = World(azurite, sim, registered, unique, MAX_RETRY_AFTER_SECONDS="600")
     try:
         sim.fail_next(429, retry_after=50000, method="POST")
@@ -348,7 +342,8 @@ def test_crash_after_the_post_before_recording_it(world, monkeypatch):
     monkeypatch.setattr(Worker, "_started", crash_once)
     job = world.commit()
     world.pump.run()
-    assert world.row(job.job_id)["status"] == "Completed"
+    row = world.row(job.job_id)
+    assert row["status"] == "Completed" and row["adopted"] is True  # found its own POST in the history
     assert len(world.sim.refreshes(world.sales_ds)) == 1
     assert [d.error is not None for d in world.pump.deliveries].count(True) == 1
 
@@ -419,3 +414,27 @@ def test_poison_queue_function_records_what_lands_there(world):
     assert tables.get_json(world.state("sales"), "running") is None  # the dataset is free again
     world.fn["on_refresh_poison"](fq.QueueMessage(id="poisoned-2", body=b"\xff\xfe garbage", dequeue_count=5))
     assert any("not UTF-8" in r["error_message"] for r in world.app.outcomes.history("_rejected"))
+
+
+def test_change_arriving_while_claimed_then_busy_is_merged_into_the_claimed_job(world):
+    real_start = world.app.powerbi.start_refresh
+    arrived = []
+
+    def commit_lands_during_the_post(*args, **kwargs):
+        if not arrived:  # a new job is created: the claimed job is no longer "pending"
+            arrived.append(world.commit(table="sales/dim_store", versions=(5,), model_tables=None))
+            world.sim.busy_next()
+        return real_start(*args, **kwargs)
+
+    world.app.powerbi.start_refresh = commit_lands_during_the_post
+    job = world.commit()
+    world.pump.run()
+    newer = arrived[0]
+    assert newer.created and newer.job_id != job.job_id
+    merged = world.row(newer.job_id)
+    assert merged["status"] == "Skipped" and job.job_id in merged["error_message"]
+    row = world.row(job.job_id)
+    assert row["status"] == "Completed" and set(row["sources"]) == {"sales/fact_orders", "sales/dim_store"}
+    assert row["model_tables"] == []  # the dimension asks for the whole model
+    assert sum(p.status == 202 for p in world.posts()) == 1
+
