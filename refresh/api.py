@@ -11,7 +11,6 @@ client, which quotes OData literals), and nothing from a request is logged befor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -20,46 +19,50 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
-from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from . import tables
+from . import adhoc, tables
+from .api_input import (  # noqa: F401  (MAX_BODY_BYTES, adhoc_key: part of this module's interface)
+    MAX_BODY_BYTES,
+    ApiError,
+    adhoc_key,
+    check_request_text,
+    dataset_key,
+    field_name,
+    platform_auth_enabled,
+    read_json_object,
+    requester,
+    status_url,
+)
 from .app import get_app
 from .clock import iso, parse_iso
-from .config import DATASET_KEY_RE, MAX_NAME_LENGTH, REFRESH_TYPES, ConfigError, json_object_hook
+from .config import ConfigError
 from .outcomes import END_STATES
 from .pending import PK_DATASET, Change, pending_of
 from .settings import SettingsError
+from .validation import (
+    DATASET_KEY_RE,
+    JOB_ID_RE,
+    MAX_NAME_LENGTH,
+    REFRESH_TYPES,
+    json_type,
+    readable,
+    shown,
+    text_problem,
+)
 from .worker import SHARED_DAILY_LIMIT
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 DEFAULT_TOP = 20
 MAX_TOP = 100
 MAX_MODEL_TABLES = 100
 MAX_MODEL_TABLE_LENGTH = 128
 MAX_REASON_LENGTH = 500
-MAX_REQUESTER_LENGTH = 256
 HEALTH_TIMEOUT_SECONDS = 10.0
 REQUEST_FIELDS = ("dataset", "workspace", "model_tables", "type", "reason")
-JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
-class ApiError(Exception):
-    """An answer other than success: HTTP status, a short code, a message, and per-field problems."""
-
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fields = fields or {}
-        self.headers = headers or {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,8 +70,9 @@ class ApiError(Exception):
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    """A JSON response (UTF-8, never cached)."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    """A JSON response (UTF-8, never cached). Stored text that is not valid Unicode (rows written
+    before it was refused) is shown with replacement characters rather than failing the answer."""
+    body = json.dumps(readable(data), separators=(",", ":"), ensure_ascii=False, default=str)
     return func.HttpResponse(body=body, status_code=status, headers={**JSON_HEADERS, **(headers or {})},
                              mimetype="application/json", charset="utf-8")
 
@@ -98,6 +102,7 @@ def endpoint(*methods: str, html: bool = False) -> Callable[[Callable[..., func.
                 if (req.method or "").upper() not in methods:
                     raise ApiError(405, "method_not_allowed", f"use {' or '.join(methods)} on this URL",
                                    headers={"Allow": ", ".join(methods)})
+                check_request_text(req)
                 return handler(req)
             except ApiError as exc:
                 if html:
@@ -118,99 +123,6 @@ def endpoint(*methods: str, html: bool = False) -> Callable[[Callable[..., func.
 # request parsing
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def read_json_object(req: func.HttpRequest) -> dict[str, Any]:
-    """The body as a JSON object: 413 over :data:`MAX_BODY_BYTES`, 400 when it is not a JSON object."""
-    declared = req.headers.get("content-length")
-    body = req.get_body() or b""
-    if len(body) > MAX_BODY_BYTES or (declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES):
-        raise ApiError(413, "payload_too_large", f"the body may be at most {MAX_BODY_BYTES} bytes")
-    if not body.strip():
-        raise ApiError(400, "malformed_json", "the body must be a JSON object, e.g. {\"dataset\": \"sales\"}")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not UTF-8 text") from None
-    try:
-        data = json.loads(text, object_pairs_hook=json_object_hook, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json",
-                       f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except (ValueError, RecursionError):
-        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "malformed_json", "the body must be a JSON object")
-    return data
-
-
-def _field_name(name: str) -> str:
-    shown = name if len(name) <= 64 else name[:61] + "..."
-    return _CONTROL_RE.sub("?", shown)
-
-
-def _check_text(value: Any, max_length: int, *, required: bool = True) -> str | None:
-    """The problem with a name-like string, or None."""
-    if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
-    if required and value.strip() == "":
-        return "must not be empty"
-    if len(value) > max_length:
-        return f"is {len(value)} characters long; the limit is {max_length}"
-    if _CONTROL_RE.search(value):
-        return "contains a control character"
-    if value != value.strip():
-        return "has leading or trailing whitespace"
-    return None
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object" if isinstance(value, dict) else type(value).__name__
-
-
-def adhoc_key(workspace: str, dataset: str) -> str:
-    """The dataset key of a dataset that is not configured: ``adhoc-`` and a short stable hash."""
-    digest = hashlib.sha256(f"{workspace.lower()}\n{dataset.lower()}".encode()).hexdigest()
-    return "adhoc-" + digest[:16]
-
-
-def requester(req: func.HttpRequest) -> str:
-    """Who asked: the App Service authentication principal when present, else the function key.
-
-    The Python programming model does not hand the worker the name of the function key the host
-    checked, so a key-authenticated call is recorded as ``function key``.
-    """
-    principal = (req.headers.get("x-ms-client-principal-name") or "").strip()
-    if principal:
-        principal = _CONTROL_RE.sub("", principal)[:MAX_REQUESTER_LENGTH]
-        if principal:
-            return principal
-    if req.headers.get("x-functions-key") or req.params.get("code"):
-        return "function key"
-    return "anonymous"
-
-
-def status_url(req: func.HttpRequest, job_id: str) -> str:
-    """``<scheme>://<host>/api/refreshes/<job_id>`` from the request's own URL."""
-    parts = urlsplit(req.url or "")
-    base = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
-    return f"{base}/api/refreshes/{job_id}"
-
-
-
-
 def _top(req: func.HttpRequest) -> tuple[int, bool]:
     """``?top=N``: 1 or more (default :data:`DEFAULT_TOP`), capped at :data:`MAX_TOP`; (top, capped)."""
     raw = req.params.get("top")
@@ -221,14 +133,6 @@ def _top(req: func.HttpRequest) -> tuple[int, bool]:
                        {"top": f"must be a whole number from 1 (at most {MAX_TOP} are returned)"})
     top = int(raw)
     return min(top, MAX_TOP), top > MAX_TOP
-
-
-def _dataset_key(value: str | None, field: str = "key") -> str:
-    if not value or not DATASET_KEY_RE.fullmatch(value):
-        raise ApiError(400, "invalid_request", "not a dataset key",
-                       {field: "must be a dataset key: 1-64 letters, digits, '_' or '-', starting with a letter "
-                               "or digit"})
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,23 +146,23 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     data = read_json_object(req)
     problems: dict[str, str] = {}
     for name in getattr(data, "duplicates", ()):
-        problems[_field_name(name)] = "is given more than once"
+        problems[field_name(name)] = "is given more than once"
     for name in data:
         if name not in REQUEST_FIELDS:
-            problems[_field_name(name)] = f"unknown field (known fields: {', '.join(REQUEST_FIELDS)})"
+            problems[field_name(name)] = f"unknown field (known fields: {', '.join(REQUEST_FIELDS)})"
     dataset, workspace = data.get("dataset"), data.get("workspace")
-    adhoc = workspace is not None
+    by_names = workspace is not None
     if dataset is None:
         problems["dataset"] = "is required: a configured dataset key, or a dataset name or id with \"workspace\""
-    elif not adhoc:
+    elif not by_names:
         if not isinstance(dataset, str):
-            problems["dataset"] = f"must be a string, got {_json_type(dataset)}"
+            problems["dataset"] = f"must be a string, got {json_type(dataset)}"
         elif not DATASET_KEY_RE.fullmatch(dataset):
             problems["dataset"] = ("is not a configured dataset key (1-64 letters, digits, '_' or '-'); to refresh "
                                    "a dataset that is not configured, give \"workspace\" too")
     else:
         for name, value in (("workspace", workspace), ("dataset", dataset)):
-            problem = _check_text(value, MAX_NAME_LENGTH)
+            problem = text_problem(value, MAX_NAME_LENGTH)
             if problem:
                 problems[name] = problem
     model_tables = _model_tables(data.get("model_tables"), problems)
@@ -272,22 +176,24 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     reason = data.get("reason")
     if reason is not None:
         if not isinstance(reason, str):
-            problems["reason"] = f"must be a string, got {_json_type(reason)}"
-        elif len(reason) > MAX_REASON_LENGTH:
-            problems["reason"] = f"is {len(reason)} characters long; the limit is {MAX_REASON_LENGTH}"
-        elif _CONTROL_RE.search(reason):
-            problems["reason"] = "contains a control character"
+            problems["reason"] = f"must be a string, got {json_type(reason)}"
         else:
-            reason = reason.strip() or None
+            problem = text_problem(reason, MAX_REASON_LENGTH, required=False, strip=False)
+            if problem:
+                problems["reason"] = problem
+            else:
+                reason = reason.strip() or None
     if problems:
         raise ApiError(400, "invalid_request", f"{len(problems)} field(s) of the request are invalid", problems)
 
     app = get_app()
     config = app.config
-    if adhoc:
+    if by_names:
         key = next((k for k, ds in config.datasets.items()
                     if ds.workspace.lower() == workspace.lower() and ds.dataset.lower() == dataset.lower()),
                    None) or adhoc_key(workspace, dataset)
+        if key not in config.datasets:
+            _check_adhoc_allowed(app, workspace, dataset)
     else:
         key = dataset
         if key not in config.datasets:
@@ -295,7 +201,8 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
                                                    "and the dataset's name or id to refresh one that is not")
     configured = key in config.datasets
     change = Change(trigger="manual", debounce_seconds=0, max_delay_seconds=0,
-                    model_tables=frozenset(model_tables) if model_tables else None, requested_by=requester(req),
+                    model_tables=frozenset(model_tables) if model_tables else None,
+                    requested_by=requester(req, platform_auth_enabled(app.env)),
                     reason=reason, refresh_type=refresh_type,
                     workspace=None if configured else workspace, dataset=None if configured else dataset)
     result = app.states.record(key, change)
@@ -310,11 +217,25 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     }, 202, {"Location": url})
 
 
+def _check_adhoc_allowed(app: Any, workspace: str, dataset: str) -> None:
+    """403 unless ad-hoc refreshes are allowed in ``workspace`` (refresh/adhoc.py); the answer names only
+    what the caller asked for and says how to allow it."""
+    if (app.settings.adhoc | app.config.adhoc).allows(workspace):
+        return
+    log.warning("manual refresh refused: ad-hoc refreshes are not allowed in the workspace asked for")
+    raise ApiError(403, "adhoc_not_allowed",
+                   f"dataset {shown(dataset)!r} in workspace {shown(workspace)!r} is not configured, and refreshing "
+                   f"datasets that are not configured is not allowed in that workspace. To allow it, add the "
+                   f"workspace (or *) to the app setting {adhoc.SETTING} (a comma-separated list of workspace "
+                   f"names or ids) or to \"{adhoc.CONFIG_KEY}\" in the routing config; or configure the dataset "
+                   f"and refresh it by its key")
+
+
 def _model_tables(value: Any, problems: dict[str, str]) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        problems["model_tables"] = f"must be an array of model table names, got {_json_type(value)}"
+        problems["model_tables"] = f"must be an array of model table names, got {json_type(value)}"
         return None
     if not 1 <= len(value) <= MAX_MODEL_TABLES:
         problems["model_tables"] = (f"must list 1 to {MAX_MODEL_TABLES} model tables (leave it out to refresh the "
@@ -323,7 +244,7 @@ def _model_tables(value: Any, problems: dict[str, str]) -> list[str] | None:
     seen: dict[str, int] = {}
     names: list[str] = []
     for i, name in enumerate(value):
-        problem = _check_text(name, MAX_MODEL_TABLE_LENGTH)
+        problem = text_problem(name, MAX_MODEL_TABLE_LENGTH)
         if problem is None and name.lower() in seen:
             problem = f"repeats model_tables[{seen[name.lower()]}] (names are case-insensitive)"
         if problem:
@@ -365,7 +286,7 @@ def list_datasets(req: func.HttpRequest) -> func.HttpResponse:
 @endpoint("GET")
 def dataset_history(req: func.HttpRequest) -> func.HttpResponse:
     """A dataset's outcome rows, newest first (``?top=N``, default 20, capped at 100)."""
-    key = _dataset_key(req.route_params.get("key"))
+    key = dataset_key(req.route_params.get("key"))
     top, capped = _top(req)
     app = get_app()
     rows = app.outcomes.history(key, top)
@@ -547,9 +468,9 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     links = page.link_params(req.params.get("code"))
     raw = req.params.get("dataset")
     if raw is None or raw == "":
-        return page.html_response(page.render_overview(collect_datasets(app, recent=page.TIMELINE_ROWS), now,
-                                                       links))
-    key = _dataset_key(raw, "dataset")
+        return page.html_response(page.render_overview(readable(collect_datasets(app, recent=page.TIMELINE_ROWS)),
+                                                       now, links))
+    key = dataset_key(raw, "dataset")
     rows = app.outcomes.history(key, page.HISTORY_ROWS)
     ds = app.config.datasets.get(key)
     if ds is None and not rows:
@@ -558,4 +479,4 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     if ds is not None:
         state = app.states.get(key)
         summary = dataset_summary(ds, state, rows, now)
-    return page.html_response(page.render_dataset(key, summary, rows, now, links))
+    return page.html_response(page.render_dataset(key, readable(summary), readable(rows), now, links))

@@ -32,26 +32,34 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import adhoc
+from .adhoc import AdhocAccess
 from .ncrontab import CronError
 from .ncrontab import parse as parse_schedule
 from .settings import Settings, SettingsError
+from .validation import (  # noqa: F401  (re-exported: the config's names for the shared vocabulary)
+    COMMIT_MODES,
+    CONTROL_RE,
+    DATASET_KEY_RE,
+    DATASET_KEY_RULE,
+    MAX_NAME_LENGTH,
+    NOTIFY_OPTIONS,
+    REFRESH_TYPES,
+    TIMEOUT_RE,
+    json_type,
+    text_problem,
+    unicode_problem,
+)
 
-DATASET_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_DELAY = 7 * 24 * 3600 - 60
 """Upper bound of ``debounce_seconds`` and ``max_delay_seconds``: 7 days minus 1 minute (a storage
 queue message cannot stay invisible longer than 7 days)."""
-MAX_NAME_LENGTH = 256
 MAX_TABLE_LENGTH = 1024
-REFRESH_TYPES = ("Full", "ClearValues", "Calculate", "DataOnly", "Automatic", "Defragment")
-COMMIT_MODES = ("Transactional", "PartialBatch")
-NOTIFY_OPTIONS = ("NoNotification", "MailOnFailure", "MailOnCompletion")
 ENHANCED_OPTION_KEYS = ("type", "commit_mode", "max_parallelism", "retry_count", "timeout",
                         "apply_refresh_policy", "effective_date")
 """The :class:`RefreshOptions` fields sent in an enhanced refresh request (snake_case)."""
 
-_TIMEOUT_RE = re.compile(r"^([0-1]?[0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_$-]+$")
 _ROUTE_CACHE_SIZE = 10_000
 
@@ -102,22 +110,6 @@ def _child(path: str, key: str) -> str:
     return f"{path}[{json.dumps(key)}]"
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 # --------------------------------------------------------------------------------------------------
 # table globs
 
@@ -125,13 +117,16 @@ def _json_type(value: object) -> str:
 def glob_problems(table: str) -> list[str]:
     """What is wrong with a source ``table`` path or glob (empty list: nothing)."""
     if not isinstance(table, str):
-        return [f"must be a string, got {_json_type(table)}"]
+        return [f"must be a string, got {json_type(table)}"]
     if table.strip() == "":
         return ["must not be empty"]
+    bad_text = unicode_problem(table)
+    if bad_text:
+        return [bad_text]
     problems = []
     if len(table) > MAX_TABLE_LENGTH:
         problems.append(f"is {len(table)} characters long; the limit is {MAX_TABLE_LENGTH}")
-    if _CONTROL_RE.search(table):
+    if CONTROL_RE.search(table):
         problems.append("contains a control character")
     if "\\" in table:
         problems.append("contains a backslash; separate segments with '/'")
@@ -287,6 +282,8 @@ class RoutingConfig:
 
     datasets: Mapping[str, DatasetConfig] = field(hash=False)
     source_file: str | None = None
+    adhoc: AdhocAccess = field(default_factory=AdhocAccess)
+    """Workspaces whose unconfigured datasets may be refreshed on request (``adhoc_workspaces``)."""
     _exact: dict[str, set[str]] = field(init=False, repr=False, compare=False, default_factory=dict)
     _globs: list[tuple[str, Source]] = field(init=False, repr=False, compare=False, default_factory=list)
     _cache: dict[str, tuple[tuple[str, frozenset[str] | None], ...]] = field(
@@ -329,7 +326,10 @@ class RoutingConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data with every default filled in; :func:`parse_config` reads
         it back to an equal config."""
-        return {"datasets": {key: _dataset_to_dict(ds) for key, ds in self.datasets.items()}}
+        out: dict[str, Any] = {"datasets": {key: _dataset_to_dict(ds) for key, ds in self.datasets.items()}}
+        if self.adhoc.enabled:
+            out[adhoc.CONFIG_KEY] = self.adhoc.to_json()
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,31 +338,27 @@ class RoutingConfig:
 
 def _string(value: Any, path: str, problems: _Problems) -> Any:
     if not isinstance(value, str):
-        problems.add(path, f"must be a string, got {_json_type(value)}")
+        problems.add(path, f"must be a string, got {json_type(value)}")
+        return INVALID
+    problem = unicode_problem(value)
+    if problem:
+        problems.add(path, problem)
         return INVALID
     return value
 
 
 def _name(value: Any, path: str, problems: _Problems) -> Any:
     """A workspace or dataset name or GUID."""
-    if _string(value, path, problems) is INVALID:
+    problem = text_problem(value, MAX_NAME_LENGTH)
+    if problem:
+        problems.add(path, problem)
         return INVALID
-    if value.strip() == "":
-        problems.add(path, "must not be empty")
-    elif len(value) > MAX_NAME_LENGTH:
-        problems.add(path, f"is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
-    elif _CONTROL_RE.search(value):
-        problems.add(path, "contains a control character")
-    elif value != value.strip():
-        problems.add(path, "has leading or trailing whitespace")
-    else:
-        return value
-    return INVALID
+    return value
 
 
 def _bool(value: Any, path: str, problems: _Problems) -> Any:
     if not isinstance(value, bool):
-        problems.add(path, f"must be true or false, got {_json_type(value)}")
+        problems.add(path, f"must be true or false, got {json_type(value)}")
         return INVALID
     return value
 
@@ -373,7 +369,7 @@ def _int(low: int, high: int, unit: str = "") -> Validator:
             if isinstance(value, float) and value.is_integer():
                 problems.add(path, f"must be a whole number without a decimal point, got {value!r}")
             else:
-                problems.add(path, f"must be a whole number, got {_json_type(value)}")
+                problems.add(path, f"must be a whole number, got {json_type(value)}")
             return INVALID
         if not low <= value <= high:
             problems.add(path, f"must be between {low} and {high}{unit}, got {value}")
@@ -398,7 +394,7 @@ def _choice(*choices: str) -> Validator:
 def _timeout(value: Any, path: str, problems: _Problems) -> Any:
     if _string(value, path, problems) is INVALID:
         return INVALID
-    if not _TIMEOUT_RE.match(value):
+    if not TIMEOUT_RE.match(value):
         problems.add(path, f"must be a duration hh:mm:ss below 24:00:00, got {value!r}")
         return INVALID
     return value
@@ -437,7 +433,7 @@ def _table(value: Any, path: str, problems: _Problems) -> Any:
 
 def _model_tables(value: Any, path: str, problems: _Problems) -> Any:
     if not isinstance(value, list):
-        problems.add(path, f"must be a non-empty array of model table names, got {_json_type(value)}")
+        problems.add(path, f"must be a non-empty array of model table names, got {json_type(value)}")
         return INVALID
     if not value:
         problems.add(path, "must not be empty (leave the key out to refresh the whole model)")
@@ -451,7 +447,7 @@ def _model_tables(value: Any, path: str, problems: _Problems) -> Any:
         elif name.strip() == "":
             problems.add(item, "must not be empty")
             ok = False
-        elif _CONTROL_RE.search(name):
+        elif CONTROL_RE.search(name):
             problems.add(item, "contains a control character")
             ok = False
         elif name.lower() in seen:
@@ -465,7 +461,7 @@ def _model_tables(value: Any, path: str, problems: _Problems) -> Any:
 
 def _sources(value: Any, path: str, problems: _Problems) -> Any:
     if not isinstance(value, list):
-        problems.add(path, f"must be a non-empty array of sources, got {_json_type(value)}")
+        problems.add(path, f"must be a non-empty array of sources, got {json_type(value)}")
         return INVALID
     if not value:
         problems.add(path, "must list at least one source")
@@ -550,16 +546,40 @@ REFRESH_KEYS: tuple[Key, ...] = (
 def _datasets_object(value: Any, path: str, problems: _Problems) -> Any:
     """The ``datasets`` object itself; its members are validated by :func:`_parse`."""
     if not isinstance(value, dict):
-        problems.add(path, f"must be an object of datasets by key, got {_json_type(value)}")
+        problems.add(path, f"must be an object of datasets by key, got {json_type(value)}")
         return INVALID
     if not value:
         problems.add(path, "must configure at least one dataset")
     return value
 
 
+def _adhoc_workspaces(value: Any, path: str, problems: _Problems) -> Any:
+    """``"*"`` or a non-empty array of workspace names or ids (see refresh/adhoc.py)."""
+    if value == adhoc.ALL:
+        return AdhocAccess(everything=True)
+    if not isinstance(value, list) or not value:
+        problems.add(path, f"must be \"*\" (every workspace) or a non-empty array of workspace names or ids, "
+                           f"got {json_type(value) if value != [] else 'an empty array'}")
+        return INVALID
+    ok, seen = True, set()
+    for i, name in enumerate(value):
+        problem = text_problem(name, MAX_NAME_LENGTH)
+        if problem is None and name == adhoc.ALL:
+            problem = "'*' must be given alone, as the whole value"
+        if problem is None and name.lower() in seen:
+            problem = f"{name!r} is listed twice (workspace names are case-insensitive)"
+        if problem:
+            problems.add(f"{path}[{i}]", problem)
+            ok = False
+        else:
+            seen.add(name.lower())
+    return AdhocAccess.of(value) if ok else INVALID
+
+
 TOP_LEVEL_KEYS: tuple[Key, ...] = (
     Key("$schema", _string),  # lets editors find a JSON schema; otherwise ignored
     Key("datasets", _datasets_object, REQUIRED),
+    Key(adhoc.CONFIG_KEY, _adhoc_workspaces, None, nullable=True),
 )
 
 
@@ -611,7 +631,7 @@ def _validate_object(value: Any, path: str, keys: tuple[Key, ...],
     """Validate a JSON object against ``keys``: values (defaults filled in, :data:`INVALID` where a
     problem was reported) by key name, or None if ``value`` is not an object."""
     if not isinstance(value, dict):
-        problems.add(path or "(top level)", f"must be an object, got {_json_type(value)}")
+        problems.add(path or "(top level)", f"must be an object, got {json_type(value)}")
         return None
     _report_duplicates(value, path, problems)
     names = [k.name for k in keys]
@@ -665,10 +685,11 @@ def _dataset(key: str, value: Any, path: str, problems: _Problems) -> DatasetCon
     return DatasetConfig(key=key, **values)
 
 
-def _parse(data: object, problems: _Problems) -> dict[str, DatasetConfig]:
+def _parse(data: object, problems: _Problems) -> tuple[dict[str, DatasetConfig], AdhocAccess]:
     top = _validate_object(data, "", TOP_LEVEL_KEYS, problems)
     if top is None or top["datasets"] is INVALID:
-        return {}
+        return {}, AdhocAccess()
+    access = top[adhoc.CONFIG_KEY] if isinstance(top[adhoc.CONFIG_KEY], AdhocAccess) else AdhocAccess()
     datasets = top["datasets"]
     _report_duplicates(datasets, "datasets", problems)
     result: dict[str, DatasetConfig] = {}
@@ -677,7 +698,7 @@ def _parse(data: object, problems: _Problems) -> dict[str, DatasetConfig]:
         if ds is not None:
             result[key] = ds
     _check_distinct_targets(result, problems)
-    return result
+    return result, access
 
 
 def _check_distinct_targets(datasets: dict[str, DatasetConfig], problems: _Problems) -> None:
@@ -695,10 +716,10 @@ def parse_config(data: object, source: str = "<config>") -> RoutingConfig:
     """Validate already-decoded JSON ``data``; raises :class:`ConfigError` listing every problem
     (each line prefixed by ``source``)."""
     problems = _Problems()
-    datasets = _parse(data, problems)
+    datasets, access = _parse(data, problems)
     if problems.items:
         raise ConfigError(source, problems.items)
-    return RoutingConfig(datasets=datasets)
+    return RoutingConfig(datasets=datasets, adhoc=access)
 
 
 def load_config(path: str | Path) -> RoutingConfig:
@@ -768,6 +789,9 @@ def describe(config: RoutingConfig) -> str:
     """A human-readable summary: per dataset, its model, sources, timing, schedule and limits."""
     count = len(config.datasets)
     lines = [f"Routing config {config.source_file or '(in memory)'}: {count} dataset{'s' * (count != 1)}"]
+    if config.adhoc.enabled:
+        allowed = "every workspace" if config.adhoc.everything else ", ".join(sorted(config.adhoc.workspaces))
+        lines.append(f"Ad-hoc refreshes of unconfigured datasets allowed in: {allowed}")
     for key, ds in config.datasets.items():
         lines += ["", f"{key}: workspace {ds.workspace!r}, dataset {ds.dataset!r}"]
         for s in ds.sources:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from .adhoc import AdhocAccess, parse_setting
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +69,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SCHEDULE_MISSED_GRACE_SECONDS", "300",
             "A scheduled refresh whose due time passed longer ago than this (the timer did not run) is "
             "skipped and recorded as missed instead of being fired late."),
+    Setting("ADHOC_REFRESH_WORKSPACES", "",
+            "Workspaces whose unconfigured datasets may be refreshed through POST /api/refreshes with "
+            "\"workspace\": * for every workspace, or a comma-separated list of workspace names or ids "
+            "(case-insensitive, as callers write them). Empty: none (the routing config's adhoc_workspaces "
+            "may still allow some)."),
 )
 
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -92,6 +99,7 @@ class Settings:
     max_retry_after: int
     sweep_concurrency: int
     schedule_missed_grace: int = 300
+    adhoc: AdhocAccess = field(default_factory=AdhocAccess)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> Settings:
@@ -134,6 +142,7 @@ class Settings:
             max_retry_after=_number(raw, "MAX_RETRY_AFTER_SECONDS", int, 1, 7 * 24 * 3600 - 60),
             sweep_concurrency=_number(raw, "SWEEP_CONCURRENCY", int, 1, 256),
             schedule_missed_grace=_number(raw, "SCHEDULE_MISSED_GRACE_SECONDS", int, 60, 7 * 24 * 3600),
+            adhoc=_adhoc(raw("ADHOC_REFRESH_WORKSPACES")),
         )
 
 
@@ -146,6 +155,13 @@ def _number(raw: Callable[[str], str], name: str, kind: type, low: float, high: 
     if not low <= value <= high:
         raise SettingsError(name, f"{value} is outside {low}..{high}")
     return value
+
+
+def _adhoc(text: str) -> AdhocAccess:
+    access, problem = parse_setting(text)
+    if problem:
+        raise SettingsError("ADHOC_REFRESH_WORKSPACES", problem)
+    return access
 
 
 def _url(value: str, name: str) -> str:

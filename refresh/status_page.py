@@ -19,6 +19,7 @@ from urllib.parse import quote
 import azure.functions as func
 
 from .clock import parse_iso
+from .validation import readable
 
 TIMELINE_ROWS = 20
 """Refreshes in each dataset's timeline on the overview."""
@@ -100,8 +101,9 @@ def esc(value: Any) -> str:
 
 
 def html_response(body: str, status: int = 200, extra: Mapping[str, str] | None = None) -> func.HttpResponse:
-    """A page with the security headers."""
-    return func.HttpResponse(body=body, status_code=status, headers={**HEADERS, **(extra or {})},
+    """A page with the security headers. Text that is not valid Unicode (stored before it was refused)
+    is shown as replacement characters instead of failing the page."""
+    return func.HttpResponse(body=readable(body), status_code=status, headers={**HEADERS, **(extra or {})},
                              mimetype="text/html", charset="utf-8")
 
 

@@ -17,6 +17,7 @@ from refresh.api import MAX_BODY_BYTES, adhoc_key
 from refresh.app import App, set_app
 from refresh.clock import FakeClock, parse_iso
 from refresh.pending import Change
+from refresh.settings import Settings, SettingsError
 from refresh.testing.harness import make_app, storage_env
 from refresh.testing.pump import Pump, VirtualQueue
 
@@ -42,10 +43,13 @@ HOSTILE = "' or 1 eq 1 or PartitionKey ne '"
 def http(method: str, path: str, *, body: object = b"", params: dict | None = None,
          route_params: dict | None = None, headers: dict | None = None) -> func.HttpRequest:
     """A real HttpRequest as the Functions host hands it to the worker."""
-    url = HOST + path + ("?" + urlencode(params) if params else "")
+    url = HOST + path + ("?" + urlencode(params, errors="surrogatepass") if params else "")
     if not isinstance(body, bytes):
         body = json.dumps(body).encode()
-    return func.HttpRequest(method, url, headers=headers or {}, params=params or {},
+    headers = dict(headers or {})
+    if method == "POST" and not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    return func.HttpRequest(method, url, headers=headers, params=params or {},
                             route_params=route_params or {}, body=body)
 
 
@@ -55,7 +59,7 @@ def answer(resp: func.HttpResponse) -> dict:
 
 
 class ApiWorld:
-    def __init__(self, azurite, sim, registered, token, **settings):
+    def __init__(self, azurite, sim, registered, token, config=CONFIG, **settings):
         self.sim = sim
         self.fn = registered
         self.finance = sim.add_workspace("Finance Analytics", dedicated=True)
@@ -63,7 +67,7 @@ class ApiWorld:
         self.ops_ws = sim.add_workspace("Ops", dedicated=False)
         self.ops_ds = sim.add_dataset(self.ops_ws, "Ops Model")
         self.storage_urls: list[str] = []
-        self.app = make_app(azurite.connection_string, CONFIG, token=token, POWERBI_API_URL=sim.base_url,
+        self.app = make_app(azurite.connection_string, config, token=token, POWERBI_API_URL=sim.base_url,
                             client_kwargs={"raw_request_hook": self._seen}, **settings)
         self.clock = self.app.clock
         self.app.__dict__["queue"] = VirtualQueue(self.app.queue, self.clock)
@@ -94,19 +98,37 @@ class ApiWorld:
 
 
 @pytest.fixture
-def world(azurite, sim, powerbi_identity, registered, unique):
-    w = ApiWorld(azurite, sim, registered, unique)
-    yield w
+def make_world(azurite, sim, powerbi_identity, registered, unique):
+    """``make_world(**app settings)``: the world with extra app settings."""
+    yield lambda **settings: ApiWorld(azurite, sim, registered, unique, **settings)
     set_app(None)
+
+
+@pytest.fixture
+def world(make_world):
+    return make_world()
+
+
+@pytest.fixture
+def auth_world(make_world):
+    """App Service authentication on: the platform sets WEBSITE_AUTH_ENABLED=True."""
+    return make_world(WEBSITE_AUTH_ENABLED="True")
+
+
+def signed_in(name: str) -> dict[str, str]:
+    """The headers App Service authentication sets for a signed-in caller."""
+    return {"x-ms-client-principal-name": name, "x-ms-client-principal-idp": "aad",
+            "x-ms-client-principal-id": "4c3b2a10-0000-4000-8000-000000000001"}
 
 
 # --------------------------------------------------------------------------------------------------
 # POST /api/refreshes
 
 
-def test_manual_refresh_of_a_configured_dataset_runs_to_completion(world):
+def test_manual_refresh_of_a_configured_dataset_runs_to_completion(auth_world):
+    world = auth_world
     resp = world.post({"dataset": "sales", "model_tables": ["Orders"], "type": "ClearValues", "reason": "month end"},
-                      headers={"x-ms-client-principal-name": "alice@contoso.com"})
+                      headers=signed_in("alice@contoso.com"))
     assert resp.status_code == 202
     body = answer(resp)
     job_id = body["job_id"]
@@ -148,7 +170,8 @@ def test_manual_refresh_joins_a_pending_commit_driven_job_and_starts_it_now(worl
     assert parse_iso(row["started_at"]) - queued_at < timedelta(seconds=60)
 
 
-def test_adhoc_refresh_by_names_runs_to_completion(world):
+def test_adhoc_refresh_by_names_runs_to_completion(make_world):
+    world = make_world(ADHOC_REFRESH_WORKSPACES="Marketing O'Brien")
     ws = world.sim.add_workspace("Marketing O'Brien", dedicated=True)
     ds = world.sim.add_dataset(ws, "Campaigns")
     resp = world.post({"workspace": "Marketing O'Brien", "dataset": "Campaigns"})
@@ -318,11 +341,12 @@ def test_history_is_newest_first_and_top_is_capped(world):
 # hostile input
 
 
-def test_hostile_strings_are_stored_as_data_never_in_a_filter_a_log_or_the_page(world, caplog):
+def test_hostile_strings_are_stored_as_data_never_in_a_filter_a_log_or_the_page(auth_world, caplog):
+    world = auth_world
     caplog.set_level(logging.DEBUG)
     reason = "<script>alert(1)</script>" + HOSTILE
     principal = '<img src=x onerror="alert(2)">'
-    resp = world.post({"dataset": "sales", "reason": reason}, headers={"x-ms-client-principal-name": principal})
+    resp = world.post({"dataset": "sales", "reason": reason}, headers=signed_in(principal))
     assert resp.status_code == 202
     job_id = answer(resp)["job_id"]
     row = answer(world.get_job(job_id))
@@ -408,3 +432,143 @@ def test_pending_job_states_via_status_url(world):
     assert resp.status_code == 200 and answer(resp)["dataset_key"] == "hr"
     entity = world.app.states.get("hr")
     assert tables.get_json(entity, "pending")["requested_by"] == ["anonymous"]
+
+
+# --------------------------------------------------------------------------------------------------
+# text that is not valid Unicode (issue 9 item 11)
+
+
+def test_lone_surrogates_in_the_body_are_refused_naming_the_field(make_world):
+    world = make_world(ADHOC_REFRESH_WORKSPACES="*")
+    cases = [
+        (b'{"dataset": "sales", "reason": "\\ud800"}', "reason"),
+        (b'{"dataset": "sales", "\\ud800": 1}', "\ufffd"),
+        (b'{"workspace": "W\\udfff", "dataset": "Campaigns"}', "workspace"),
+        (b'{"workspace": "W", "dataset": "\\ud83d"}', "dataset"),
+        (b'{"dataset": "sales", "model_tables": ["Orders", "x\\udc00y"]}', "model_tables[1]"),
+    ]
+    for body, field in cases:
+        resp = world.post(body)
+        assert resp.status_code == 400, body
+        answer_ = answer(resp)
+        assert answer_["error"] == "invalid_request" and "not valid Unicode" in answer_["fields"][field], answer_
+    assert not list(world.app.state_table.query_entities("PartitionKey eq 'dataset'"))
+    assert world.sim.requests == []
+
+
+def test_lone_surrogates_in_query_route_and_headers_are_refused_naming_them(world):
+    resp = world.call("dataset_history", "GET", "/api/datasets/sales/history", route_params={"key": "sales\ud800"})
+    assert resp.status_code == 400 and "route value key" in answer(resp)["fields"]
+    resp = world.call("dataset_history", "GET", "/api/datasets/sales/history", route_params={"key": "sales"},
+                      params={"top": "\ud800"})
+    assert resp.status_code == 400 and "query parameter top" in answer(resp)["fields"]
+    resp = world.call("list_datasets", "GET", "/api/datasets", headers={"x-note": "\udfff"})
+    assert resp.status_code == 400 and "not valid Unicode" in answer(resp)["fields"]["header x-note"]
+    page = world.call("status_page", "GET", "/api/status", params={"dataset": "\ud800"})
+    assert page.status_code == 400 and page.mimetype == "text/html"
+
+
+def test_rows_stored_with_bad_text_are_still_served_with_replacement_characters(world):
+    """Rows written before such text was refused must never turn the readers into 500s."""
+    bad = "month end \ud800"
+    start = world.clock.now()
+    job_id = "b" * 32
+    world.app.outcomes.create("sales", job_id, start, {"status": "Completed", "reasons": [bad],
+                                                       "requested_by": ["\udfffeve"], "detail": bad})
+    world.app.states.record("hr", Change(trigger="manual", debounce_seconds=0, max_delay_seconds=0,
+                                         model_tables=None, reason=bad, requested_by="\ud800"))
+    job = world.get_job(job_id)
+    assert job.status_code == 200 and answer(job)["reasons"] == ["month end \ufffd"]
+    listed = world.call("list_datasets", "GET", "/api/datasets")
+    assert listed.status_code == 200
+    data = {d["key"]: d for d in answer(listed)["datasets"]}
+    assert data["hr"]["pending"]["reasons"] == ["month end \ufffd"]
+    assert data["sales"]["last_outcome"]["requested_by"] == ["\ufffdeve"]
+    history = world.call("dataset_history", "GET", "/api/datasets/sales/history", route_params={"key": "sales"})
+    assert history.status_code == 200 and answer(history)["outcomes"][0]["detail"] == "month end \ufffd"
+    for params in ({}, {"dataset": "sales"}, {"dataset": "hr"}):
+        page = world.call("status_page", "GET", "/api/status", params=params)
+        assert page.status_code == 200, params
+        assert "month end \ufffd" in page.get_body().decode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# ad-hoc refreshes are opt-in (issue 9 item 14)
+
+
+def test_adhoc_refresh_is_refused_unless_allowed_and_the_refusal_says_how(world):
+    ws = world.sim.add_workspace("Marketing", dedicated=True)
+    world.sim.add_dataset(ws, "Campaigns")
+    world.sim.add_dataset(ws, "Secret Budget")
+    resp = world.post({"workspace": "Marketing", "dataset": "Campaigns"})
+    assert resp.status_code == 403
+    body = answer(resp)
+    assert body["error"] == "adhoc_not_allowed"
+    assert "ADHOC_REFRESH_WORKSPACES" in body["message"] and "adhoc_workspaces" in body["message"]
+    assert "'Campaigns'" in body["message"] and "'Marketing'" in body["message"]
+    assert "Secret Budget" not in body["message"] and "Sales Model" not in body["message"]
+    assert not list(world.app.state_table.query_entities("PartitionKey eq 'dataset'"))
+    assert world.sim.requests == []  # nothing was asked of Power BI
+    # names of a configured dataset are not ad-hoc: still allowed
+    assert world.post({"workspace": "Finance Analytics", "dataset": "Sales Model"}).status_code == 202
+
+
+def test_adhoc_refresh_allowed_by_the_setting_or_the_config(make_world):
+    listed = make_world(ADHOC_REFRESH_WORKSPACES="Finance Analytics, marketing")
+    assert listed.post({"workspace": "MARKETING", "dataset": "Campaigns"}).status_code == 202
+    assert listed.post({"workspace": "Finance Analytics", "dataset": "Other"}).status_code == 202
+    assert listed.post({"workspace": "HR", "dataset": "Salaries"}).status_code == 403
+    everything = make_world(ADHOC_REFRESH_WORKSPACES="*")
+    assert everything.post({"workspace": "HR", "dataset": "Salaries"}).status_code == 202
+    by_config = make_world(config={**CONFIG, "adhoc_workspaces": ["HR"]})
+    assert by_config.post({"workspace": "hr", "dataset": "Salaries"}).status_code == 202
+    assert by_config.post({"workspace": "Ops2", "dataset": "Salaries"}).status_code == 403
+    for bad in ("HR,,Ops", "*,HR", "HR,\ud800"):
+        with pytest.raises(SettingsError, match="ADHOC_REFRESH_WORKSPACES"):
+            Settings.from_env({"ADHOC_REFRESH_WORKSPACES": bad})
+
+
+# --------------------------------------------------------------------------------------------------
+# who asked (issue 9 item 15)
+
+
+def test_principal_header_is_ignored_when_app_service_authentication_is_off(world):
+    """Authentication off: any caller can send the header, so it does not say who asked."""
+    resp = world.post({"dataset": "sales"}, headers=signed_in("ceo@contoso.com"), params={"code": "k"})
+    row = answer(world.get_job(answer(resp)["job_id"]))
+    assert row["requested_by"] == ["function key"]
+    resp = world.post({"dataset": "ops"}, headers={**signed_in("ceo@contoso.com"), "x-functions-key": "k"})
+    assert answer(world.get_job(answer(resp)["job_id"]))["requested_by"] == ["function key"]
+    resp = world.post({"dataset": "hr"}, headers=signed_in("ceo@contoso.com"))
+    assert answer(world.get_job(answer(resp)["job_id"]))["requested_by"] == ["anonymous"]
+
+
+def test_principal_name_is_trusted_only_with_the_platforms_headers(auth_world):
+    # authentication on, but the platform's companion headers are missing: not set by the platform
+    resp = auth_world.post({"dataset": "hr"}, headers={"x-ms-client-principal-name": "ceo@contoso.com"},
+                           params={"code": "k"})
+    assert answer(auth_world.get_job(answer(resp)["job_id"]))["requested_by"] == ["function key"]
+    # authentication on and the platform's headers present: the signed-in name
+    resp = auth_world.post({"dataset": "sales"}, headers=signed_in("alice@contoso.com"))
+    assert answer(auth_world.get_job(answer(resp)["job_id"]))["requested_by"] == ["alice@contoso.com"]
+
+
+# --------------------------------------------------------------------------------------------------
+# a JSON API takes JSON only (issue 9 item 16)
+
+
+def test_post_bodies_must_be_sent_as_application_json(world):
+    body = json.dumps({"dataset": "sales"}).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                         "application/json; charset=latin-1", "application/jsonp", None):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        resp = world.fn["request_refresh"](func.HttpRequest("POST", HOST + "/api/refreshes", headers=headers,
+                                                            params={}, route_params={}, body=body))
+        assert resp.status_code == 415, content_type
+        out = answer(resp)
+        assert out["error"] == "unsupported_media_type" and "Content-Type: application/json" in out["message"]
+    assert not list(world.app.state_table.query_entities("PartitionKey eq 'dataset'"))
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        resp = world.call("request_refresh", "POST", "/api/refreshes", body=body,
+                          headers={"Content-Type": content_type})
+        assert resp.status_code == 202, content_type

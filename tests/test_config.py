@@ -186,7 +186,7 @@ def test_all_problems_are_reported_at_once_with_exact_paths():
         "extra": True,
     }
     assert problems_of(data) == [
-        ("extra", "unknown key (expected one of: $schema, datasets)"),
+        ("extra", "unknown key (expected one of: $schema, datasets, adhoc_workspaces)"),
         ("datasets.sales.workspace", "must not be empty"),
         ("datasets.sales.sources[1].table", "glob may not contain '..'"),
         ("datasets.sales.debounce_seconds", "must be between 0 and 604740 seconds, got -1"),
@@ -790,3 +790,42 @@ def test_check_config_usage(capsys):
     with pytest.raises(SystemExit) as info:
         check_config_main(["a.json", "b.json"])
     assert info.value.code == 2
+
+
+# -- text must be valid Unicode (issue 9 item 11) ----------------------------------------------------
+
+
+def test_lone_surrogates_anywhere_in_the_file_are_config_errors_naming_the_key(tmp_path):
+    """JSON's ``\\ud800`` escape decodes to a lone surrogate, which can never be stored or shown."""
+    text = json.dumps({"datasets": {"sales": {
+        "workspace": "Finance \ud800", "dataset": "Sales Model",
+        "sources": [{"table": "sales/fact_\udfff", "model_tables": ["Orders\ud83d"]}],
+        "refresh": {"timeout": "\ud800"}, "schedule": "\udc00"}}})
+    assert "\\ud800" in text  # escaped in the file, as an editor would write it
+    path = tmp_path / "routing.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    found = dict(info.value.problems)
+    for key, code in (("datasets.sales.workspace", "D800"), ("datasets.sales.sources[0].table", "DFFF"),
+                      ("datasets.sales.sources[0].model_tables[0]", "D83D"),
+                      ("datasets.sales.refresh.timeout", "D800"), ("datasets.sales.schedule", "DC00")):
+        assert found[key].startswith(f"is not valid Unicode: a lone surrogate U+{code}"), (key, found)
+    str(info.value).encode("utf-8")  # the error itself can always be printed
+
+
+def test_adhoc_workspaces_key():
+    assert not parse_config(config_with()).adhoc.enabled
+    everything = parse_config({**config_with(), "adhoc_workspaces": "*"})
+    assert everything.adhoc.allows("Anything") and everything.to_dict()["adhoc_workspaces"] == "*"
+    listed = parse_config({**config_with(), "adhoc_workspaces": ["Marketing", "0f1e2d3c-0000-4000-8000-00000000abcd"]})
+    assert listed.adhoc.allows("marketing") and listed.adhoc.allows("0F1E2D3C-0000-4000-8000-00000000ABCD")
+    assert not listed.adhoc.allows("Finance")
+    assert parse_config(listed.to_dict()).adhoc == listed.adhoc
+    assert "Ad-hoc refreshes of unconfigured datasets allowed in: 0f1e2d3c" in describe(listed)
+    for value, path, problem in (
+            ([], "adhoc_workspaces", "non-empty array"), ("Marketing", "adhoc_workspaces", "non-empty array"),
+            (["*", "x"], "adhoc_workspaces[0]", "alone"), (["A", "a"], "adhoc_workspaces[1]", "listed twice"),
+            ([" A"], "adhoc_workspaces[0]", "whitespace"), (["\ud800"], "adhoc_workspaces[0]", "not valid Unicode")):
+        [(where, text)] = problems_of({**config_with(), "adhoc_workspaces": value})
+        assert where == path and problem in text, (value, where, text)

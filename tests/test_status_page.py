@@ -76,7 +76,8 @@ class PageWorld:
         sim.add_dataset(finance, "Month-End Close")
         ops = sim.add_workspace("Ops", dedicated=False)
         sim.add_dataset(ops, "Ops Model")
-        self.app = make_app(azurite.connection_string, CONFIG, token=token, POWERBI_API_URL=sim.base_url)
+        self.app = make_app(azurite.connection_string, CONFIG, token=token, POWERBI_API_URL=sim.base_url,
+                            WEBSITE_AUTH_ENABLED="True")  # App Service authentication names the requester
         self.clock = self.app.clock
         self.app.__dict__["queue"] = VirtualQueue(self.app.queue, self.clock)
         set_app(self.app)
@@ -141,7 +142,10 @@ class PageWorld:
         self.clock.advance(420)  # ... for a while
         self.sim.advance(420)
         resp = self.fn["request_refresh"](func.HttpRequest(
-            "POST", "https://refresh.example.net/api/refreshes", headers={"x-ms-client-principal-name": "<b>eve</b>"},
+            "POST", "https://refresh.example.net/api/refreshes",
+            headers={"x-ms-client-principal-name": "<b>eve</b>", "x-ms-client-principal-idp": "aad",
+                     "x-ms-client-principal-id": "e0e0e0e0-0000-4000-8000-000000000001",
+                     "Content-Type": "application/json"},
             params={}, route_params={}, body=json.dumps({"dataset": "finance-close", "reason": HOSTILE_REASON,
                                                          "model_tables": ["GL Entries"]}).encode()))
         assert resp.status_code == 202
