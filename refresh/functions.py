@@ -30,12 +30,19 @@ def on_lake_event(event: Any) -> None:
         data = event.get_json()
     except ValueError:
         data = None
-    hint = events.hint_from_event(event.event_type, event.subject, data, app.settings.gold_container)
+    event_type, subject = getattr(event, "event_type", None), getattr(event, "subject", None)
+    hint = events.hint_from_event(event_type, subject, data, app.settings.gold_container)
     if hint is None:
-        log.info("event %s (%s %s) is not about a gold Delta commit; ignored",
-                 event.id, event.event_type, event.subject)
+        log.info("event %s ignored: %s", _shown(getattr(event, "id", None)),
+                 events.ignored_because(event_type, subject, data, app.settings.gold_container))
         return
     app.detector.process(hint.table, hint.version)
+
+
+def _shown(value: Any) -> str:
+    from .validation import shown
+
+    return shown(value) if isinstance(value, str) else repr(value)
 
 
 def sweep_delta_logs(timer: Any) -> None:

@@ -514,7 +514,8 @@ def test_route_templates_compile_like_the_host():
 
 def _request(url: str, method: str = "GET", body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = {"Content-Type": "application/json", **(headers or {})} if method == "POST" else headers or {}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), response.read()

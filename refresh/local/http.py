@@ -17,12 +17,21 @@ Keys: ``authLevel`` ``function``/``admin`` is *not* enforced, as in ``func start
 required when running locally); deployed in Azure the ``code`` query parameter or
 ``x-functions-key`` header is needed.
 
+For this machine only: the server listens on loopback and also refuses (421) any request whose
+``Host`` header is not a loopback name (``127.0.0.1``, ``localhost``, ``[::1]``), so a web page
+cannot reach it through DNS rebinding. A POST must send ``Content-Type: application/json`` (else
+415), so a page cannot run functions or the admin endpoints with a cross-site form or ``text/plain``
+post. A ``Content-Length`` that is not a non-negative number, or a malformed chunked body, gets 400
+and the connection is closed; a connection idle for :data:`IDLE_TIMEOUT` seconds is closed.
+
 Host endpoints kept for local use: ``GET /`` (what runs), ``GET /admin/host/status``,
 ``POST /admin/functions/<name>`` with ``{"input": "..."}`` to run a non-HTTP function now (a timer,
 a queue message body, ``"<container>/<blob>"`` for a blob trigger, an event for Event Grid), and
 the webhooks ``POST /runtime/webhooks/EventGrid?functionName=<name>`` and
 ``POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>`` that take Event Grid events
-(e.g. a ``BlobRenamed`` event as Spark on ADLS Gen2 produces it).
+(e.g. a ``BlobRenamed`` event as Spark on ADLS Gen2 produces it). A post that is not JSON, or an event
+that does not follow the Event Grid schema (:func:`refresh.events.event_problem`: no ``subject``, no
+``eventType``, a number instead of an object ...) is answered 400 naming the problem, and logged.
 """
 
 from __future__ import annotations
@@ -52,6 +61,19 @@ _CONSTRAINTS = {
     "bool": r"(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])",
 }
 MAX_BODY = 100 * 1024 * 1024
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may stay idle (or stall mid-request) before the server closes it."""
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+_HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
+JSON_TYPE = "application/json"
+
+
+class BadRequest(ValueError):
+    """A request the server answers itself with ``status`` (and then closes the connection)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -140,10 +162,14 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
 
+    def setup(self) -> None:
+        self.timeout = self.server.owner.idle_timeout  # applied to the socket by StreamRequestHandler.setup
+        super().setup()
+
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # TimeoutError: stalled mid-request
             self.close_connection = True
 
     def do_GET(self) -> None:
@@ -160,7 +186,8 @@ class HttpServer:
 
     def __init__(self, routes: list[Route], invoker: Invoker, specs: list[FunctionSpec], route_prefix: str = "api",
                  *, host: str = "127.0.0.1", port: int = 7071, event_targets: list[Any] | None = None,
-                 blob_targets: list[Any] | None = None, watchers: Mapping[Any, Any] | None = None) -> None:
+                 blob_targets: list[Any] | None = None, watchers: Mapping[Any, Any] | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.routes = sorted(routes, key=lambda r: (r.catch_all, -r.literals, -len(r.template)))
         self.invoker = invoker
         self.specs = {s.name: s for s in specs}
@@ -170,6 +197,7 @@ class HttpServer:
         self.event_targets = {t.spec.name.lower(): t for t in (event_targets or [])}
         self.blob_targets = {t.spec.name.lower(): t for t in (blob_targets or [])}
         self.watchers = dict(watchers or {})
+        self.idle_timeout = idle_timeout
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -203,9 +231,14 @@ class HttpServer:
         parts = urlsplit(handler.path)
         path = parts.path
         try:
+            _check_host(handler.headers.get_all("Host") or [])
+            if method == "POST":
+                _check_json(handler.headers.get("Content-Type") or "")
             body = _read_body(handler)
-        except ValueError as exc:
-            self._write(handler, 400, {"error": str(exc)})
+        except BadRequest as exc:
+            log.warning("%s %s -> %s: %s", method, path[:200], exc.status, exc)
+            handler.close_connection = True  # the body (if any) was not read: the connection cannot go on
+            self._write(handler, exc.status, {"error": str(exc)}, close=True)
             return
         lowered = path.lower().rstrip("/")
         if lowered == "" and method in ("GET", "HEAD"):
@@ -317,10 +350,18 @@ class HttpServer:
             self._write(handler, 202, None)
             return
         elif kind == "eventGridTrigger":
+            from ..events import event_problem
             from ..testing.events import to_function_event
 
-            event = text if isinstance(text, dict) else json.loads(text or "{}")
-            args = {arg: to_function_event(event)}
+            try:
+                event = text if isinstance(text, dict) else json.loads(text or "{}")
+            except (ValueError, TypeError, RecursionError):
+                event = text
+            problem = event_problem(event)
+            if problem:
+                self._refuse_events(handler, "admin", f"input: {problem}")
+                return
+            args = {arg: to_function_event({"topic": "", **event})}
         else:
             self._write(handler, 400, {"error": f"{name} is an HTTP function: call its route"})
             return
@@ -332,20 +373,32 @@ class HttpServer:
         self._write(handler, 202, None)
 
     def _webhook(self, handler: _Handler, kind: str, query: Mapping[str, str], body: bytes) -> None:
-        from ..events import blob_path_from_url
+        from ..events import blob_path_from_url, event_problem
         from ..testing.events import to_function_event
 
         name = query.get("functionName", "").removeprefix("Host.Functions.").lower()
         try:
             payload = json.loads(body or b"[]")
-        except ValueError:
-            self._write(handler, 400, {"error": "the body must be Event Grid events (JSON)"})
+        except (ValueError, RecursionError):
+            self._refuse_events(handler, kind, "the body is not JSON (Event Grid posts a JSON array of events)")
             return
         events = payload if isinstance(payload, list) else [payload]
         if (handler.headers.get("aeg-event-type") or "").lower() == "subscriptionvalidation":
-            code = (events[0].get("data") or {}).get("validationCode") if events else None
+            first = events[0] if events and isinstance(events[0], dict) else {}
+            code = first.get("data").get("validationCode") if isinstance(first.get("data"), dict) else None
+            if not isinstance(code, str):
+                self._refuse_events(handler, kind, "a SubscriptionValidation post needs data.validationCode")
+                return
             self._write(handler, 200, {"validationResponse": code})
             return
+        if not events:
+            self._refuse_events(handler, kind, "the body is an empty array: no events")
+            return
+        for index, event in enumerate(events):
+            problem = event_problem(event)
+            if problem:
+                self._refuse_events(handler, kind, f"event {index}: {problem}")
+                return
         if kind == "eventgrid":
             target = self.event_targets.get(name)
             if target is None:
@@ -354,7 +407,7 @@ class HttpServer:
             ok = True
             for event in events:
                 kind_name = str(event.get("eventType", "")).rsplit(".", 1)[-1]
-                outcome = self.invoker.call(target.spec, {target.arg: to_function_event(event)},
+                outcome = self.invoker.call(target.spec, {target.arg: to_function_event({"topic": "", **event})},
                                             f"{kind_name} {event.get('subject')} (webhook)",
                                             detail={"event_id": event.get("id")})
                 ok = ok and outcome.ok
@@ -365,7 +418,7 @@ class HttpServer:
             self._write(handler, 404, {"error": f"no blob trigger function {name!r}"})
             return
         for event in events:
-            url = (event.get("data") or {}).get("url")
+            url = event["data"].get("url")
             path = blob_path_from_url(url) if isinstance(url, str) else None
             if not path:
                 continue
@@ -375,10 +428,17 @@ class HttpServer:
                 watcher.deliver_named(target, blob)
         self._write(handler, 202, None)
 
+    def _refuse_events(self, handler: _Handler, kind: str, reason: str) -> None:
+        """400 for a post to a webhook that is not Event Grid events; the reason is logged too."""
+        log.warning("webhook %s: refused a post (400): %s", kind, reason)
+        self._write(handler, 400, {"error": reason})
+
     # writing ------------------------------------------------------------------------------------
-    def _write(self, handler: _Handler, status: int, body: Any) -> None:
+    def _write(self, handler: _Handler, status: int, body: Any, close: bool = False) -> None:
         payload = b"" if body is None else json.dumps(body, indent=2).encode("utf-8")
         headers = {"content-type": "application/json; charset=utf-8"} if payload else {}
+        if close:
+            headers["connection"] = "close"
         self._send(handler, status, headers, payload)
 
     @staticmethod
@@ -388,6 +448,8 @@ class HttpServer:
             for name, value in headers.items():
                 if name.lower() not in ("content-length", "transfer-encoding", "connection"):
                     handler.send_header(name, value)
+            if handler.close_connection:
+                handler.send_header("Connection", "close")
             handler.send_header("Content-Length", str(len(payload)))
             handler.end_headers()
             if handler.command != "HEAD" and payload:
@@ -397,22 +459,50 @@ class HttpServer:
             handler.close_connection = True
 
 
+def _check_host(values: list[str]) -> None:
+    """421 unless the request names this machine by a loopback name (no DNS rebinding)."""
+    if len(values) != 1:
+        raise BadRequest(400, "exactly one Host header is required")
+    found = _HOST_RE.match(values[0].strip())
+    host = (found.group("v6") or found.group("name") or "").lower() if found else ""
+    if host not in LOOPBACK_NAMES:
+        raise BadRequest(421, f"this local runtime answers only requests for 127.0.0.1, localhost or [::1], "
+                              f"not Host {values[0][:100]!r}")
+
+
+def _check_json(content_type: str) -> None:
+    """415 unless a POST says its body is JSON (no cross-site form or text/plain posts)."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime != JSON_TYPE:
+        got = f"Content-Type {content_type[:100]!r}" if content_type.strip() else "no Content-Type"
+        raise BadRequest(415, f"POST bodies must be sent as Content-Type: {JSON_TYPE} (got {got})")
+
+
 def _read_body(handler: _Handler) -> bytes:
     if (handler.headers.get("Transfer-Encoding") or "").lower() == "chunked":
         chunks = []
         total = 0
         while True:
-            size = int(handler.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            line = handler.rfile.readline(1024).split(b";", 1)[0].strip()
+            if not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", line):
+                raise BadRequest(400, "malformed chunked body: bad chunk size")
+            size = int(line, 16)
             if size == 0:
-                handler.rfile.readline()
+                handler.rfile.readline(1024)
                 break
             total += size
             if total > MAX_BODY:
-                raise ValueError("request body too large")
+                raise BadRequest(413, "request body too large")
             chunks.append(handler.rfile.read(size))
-            handler.rfile.readline()
+            handler.rfile.readline(1024)
         return b"".join(chunks)
-    length = int(handler.headers.get("Content-Length") or 0)
+    values = handler.headers.get_all("Content-Length") or []
+    if not values:
+        return b""
+    texts = {v.strip() for v in values}
+    if len(texts) != 1 or not all(t.isascii() and t.isdigit() for t in texts):
+        raise BadRequest(400, f"Content-Length must be one non-negative whole number, got {', '.join(values)[:60]!r}")
+    length = int(texts.pop())
     if length > MAX_BODY:
-        raise ValueError("request body too large")
+        raise BadRequest(413, "request body too large")
     return handler.rfile.read(length) if length else b""
