@@ -75,10 +75,26 @@ def _max_dequeue_count() -> int:
         return 5
 
 
+def _unwrapped(worker: Any, msg: Any) -> bytes | None:
+    """The message's document (host.json hands the base64 text over as it is: refresh/messages.py), or
+    None after recording a message that is not base64 as ``Rejected``."""
+    from . import messages
+
+    try:
+        return messages.unwrap(msg.get_body())
+    except messages.BadMessage as exc:
+        worker._reject(str(exc), msg.get_body(), msg.id)  # the outcome row every unreadable message gets
+        return None
+
+
 def run_refresh_job(msg: Any) -> None:
     """Queue trigger: one step of a refresh job (start it, or check on it)."""
-    get_app().worker.handle(msg.get_body(), dequeue_count=msg.dequeue_count or 1,
-                            max_dequeue_count=_max_dequeue_count(), message_id=msg.id)
+    worker = get_app().worker
+    body = _unwrapped(worker, msg)
+    if body is None:
+        return
+    worker.handle(body, dequeue_count=msg.dequeue_count or 1, max_dequeue_count=_max_dequeue_count(),
+                  message_id=msg.id)
 
 
 def on_refresh_poison(msg: Any) -> None:
@@ -86,10 +102,13 @@ def on_refresh_poison(msg: Any) -> None:
     from . import messages
 
     worker = get_app().worker
+    body = _unwrapped(worker, msg)
+    if body is None:
+        return
     try:
-        job = messages.decode(msg.get_body())
+        job = messages.decode(body)
     except messages.BadMessage as exc:
-        worker.handle(msg.get_body(), message_id=msg.id)  # records it as rejected
+        worker.handle(body, message_id=msg.id)  # records it as rejected
         log.error("poison message %s could not be parsed: %s", msg.id, exc)
         return
     worker.give_up(job, f"message moved to the poison queue after {msg.dequeue_count or '?'} deliveries")

@@ -1,8 +1,12 @@
 """Queue messages on ``REFRESH_QUEUE``: a small versioned JSON document, base64 text on the wire.
 
-Encoding: ``host.json`` sets ``extensions.queues.messageEncoding`` to ``base64`` and every producer
-uses :data:`MESSAGE_ENCODING` through :func:`queue_client` (tests/test_project.py checks they agree;
-a mismatch would send every message silently to ``<queue>-poison``).
+Encoding: every producer writes base64 text (:data:`MESSAGE_ENCODING`, through :func:`queue_client`),
+and the app decodes it itself: ``host.json`` sets ``extensions.queues.messageEncoding`` to ``none``
+(:data:`HOST_MESSAGE_ENCODING`; tests/test_project.py checks it) and the queue functions call
+:func:`unwrap`. Were the host to decode, a message that is not base64 would never reach a function:
+the host moves it to ``<queue>-poison``, where it cannot be decoded either, and no outcome row would
+ever say so. Decoded here, it is rejected with a ``Rejected`` row like any other garbage. A body
+that is already the JSON document (a manual run through ``/admin/functions``) is taken as it is.
 
 Body, version 1 (``v``)::
 
@@ -20,6 +24,8 @@ dataset's state and drops what no longer applies.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -28,13 +34,18 @@ from datetime import datetime
 from typing import Any
 
 from .clock import iso
+from .validation import DATASET_KEY_RE, JOB_ID_RE, first_bad_string
 
 MESSAGE_VERSION = 1
 MESSAGE_ENCODING = "base64"
+"""How producers encode a message's text on the queue."""
+HOST_MESSAGE_ENCODING = "none"
+"""``host.json``'s ``extensions.queues.messageEncoding``: the host hands the text over as it is."""
 MESSAGE_TYPES = ("job", "check")
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600 - 60
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_JOB_RE = re.compile(r"^[0-9a-f]{32}$")
+_KEY_RE = DATASET_KEY_RE
+_JOB_RE = JOB_ID_RE
+_BASE64_RE = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 
 
 class BadMessage(ValueError):
@@ -63,6 +74,27 @@ class JobMessage:
         return cls(type=type_, dataset=dataset, job_id=job_id, sent_at=iso(now), attempt=attempt)
 
 
+def unwrap(body: str | bytes | None) -> bytes:
+    """The message document from the text the host hands over (``messageEncoding`` ``none``): base64
+    decoded, or as it is when it already is a JSON object. :class:`BadMessage` when it is neither."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body or b"")
+    text = raw.strip()
+    if text.startswith(b"{"):
+        return text  # '{' is not a base64 character: the JSON document itself
+    try:
+        if not text or len(text) % 4 or not _BASE64_RE.match(text):
+            raise ValueError
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        decode(raw)
+        detail = "it is not a JSON object either"  # not reached: a JSON object starts with '{'
+    except BadMessage as exc:
+        detail = f"read as it is, {exc}"
+    raise BadMessage(f"body is not base64 text (producers encode messages as {MESSAGE_ENCODING}) and, {detail}")
+
+
 def decode(body: str | bytes) -> JobMessage:
     """Parse and validate a message body (already base64-decoded by the host)."""
     if isinstance(body, bytes):
@@ -78,6 +110,9 @@ def decode(body: str | bytes) -> JobMessage:
         raise BadMessage(f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(data, dict):
         raise BadMessage(f"body must be a JSON object, not {type(data).__name__}")
+    bad = first_bad_string(data)
+    if bad is not None:
+        raise BadMessage(f"{bad or 'a key'}: is not valid Unicode (a lone surrogate)")
     version = data.get("v")
     if version != MESSAGE_VERSION:
         raise BadMessage(f"v: unsupported message version {version!r} (this app reads {MESSAGE_VERSION})")

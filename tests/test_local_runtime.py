@@ -202,7 +202,7 @@ def test_host_json_of_the_project_is_read_with_its_queue_settings():
     config = load_host_json(ROOT / "host.json")
     q = config.queues
     assert (q.batch_size, q.new_batch_threshold, q.max_polling_interval, q.visibility_timeout,
-            q.max_dequeue_count, q.message_encoding) == (8, 4, 2.0, 30.0, 5, "base64")
+            q.max_dequeue_count, q.message_encoding) == (8, 4, 2.0, 30.0, 5, "none")
     assert config.route_prefix == "api" and config.function_timeout == 300 and config.blob_parallelism == 4
     assert parse_timespan("1.00:00:01.5") == 86401.5
     with pytest.raises(LocalSettingsError):
