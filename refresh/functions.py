@@ -18,7 +18,7 @@ def on_delta_commit(blob: Any) -> None:
     app = get_app()
     hint = events.hint_from_blob_path(blob.name or "", app.settings.gold_container)
     if hint is None:
-        log.info("blob %s is not a Delta commit; ignored", blob.name)
+        log.info("blob %s is not a Delta commit; ignored", _shown(blob.name))
         return
     app.detector.process(hint.table, hint.version)
 
