@@ -2,7 +2,7 @@
 
 Every route is registered for every method so that a wrong method gets *our* JSON 405 (with
 ``Allow``). Input is validated before it is used anywhere: dataset keys against
-:data:`refresh.config.DATASET_KEY_RE`, job ids as 32 lowercase hex digits, body fields one by one
+:data:`refresh.validation.DATASET_KEY_RE`, job ids as 32 lowercase hex digits, body fields one by one
 (each problem reported under its field name). Nothing from a request reaches an OData filter or a
 Table Storage query (lookups are by validated key; ad-hoc names only reach Power BI through the
 client, which quotes OData literals), and nothing from a request is logged before it is validated

@@ -116,20 +116,21 @@ def readable(value: Any) -> Any:
 
 def first_bad_string(value: Any, path: str = "") -> str | None:
     """The key path of the first string (or object key) in a JSON value that is not valid Unicode, or
-    None. Paths look like ``a.b[2]``; the top level is ``""``."""
-    if isinstance(value, str):
-        return path if not is_valid_unicode(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            child = f"{path}.{shown(key)}" if path else shown(key)
-            if isinstance(key, str) and not is_valid_unicode(key):
-                return child
-            found = first_bad_string(item, child)
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = first_bad_string(item, f"{path}[{i}]")
-            if found is not None:
-                return found
+    None. Paths look like ``a.b[2]``; the top level is ``""``. Iterative: any nesting depth."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not is_valid_unicode(item):
+                return where
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                child_path = f"{where}.{shown(key)}" if where else shown(key)
+                if isinstance(key, str) and not is_valid_unicode(key):
+                    return child_path
+                children.append((child, child_path))
+            stack.extend(reversed(children))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed([(child, f"{where}[{i}]") for i, child in enumerate(item)]))
     return None
