@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .adhoc import AdhocAccess, parse_setting
+from .validation import unicode_problem
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +109,9 @@ class Settings:
 
         def raw(name: str) -> str:
             value = env.get(name)
+            problem = unicode_problem(value) if value is not None else None
+            if problem:  # e.g. bytes that are not UTF-8 in the environment (os.environ's surrogateescape)
+                raise SettingsError(name, problem)
             if value is None or value.strip() == "":
                 default = _DEFAULTS[name]
                 if default is None:

@@ -829,3 +829,12 @@ def test_adhoc_workspaces_key():
             ([" A"], "adhoc_workspaces[0]", "whitespace"), (["\ud800"], "adhoc_workspaces[0]", "not valid Unicode")):
         [(where, text)] = problems_of({**config_with(), "adhoc_workspaces": value})
         assert where == path and problem in text, (value, where, text)
+
+
+def test_app_settings_that_are_not_valid_unicode_are_refused_naming_the_setting():
+    """os.environ turns bytes that are not UTF-8 into lone surrogates (surrogateescape)."""
+    from refresh.settings import Settings, SettingsError
+
+    for name in ("GOLD_CONTAINER", "POWERBI_SCOPE", "REFRESH_CONFIG", "ADHOC_REFRESH_WORKSPACES"):
+        with pytest.raises(SettingsError, match=f"setting {name}: is not valid Unicode"):
+            Settings.from_env({name: b"caf\xe9".decode("utf-8", "surrogateescape")})
