@@ -1,0 +1,197 @@
+"""Freshness tracking on storage: the glue between refresh/freshness.py (pure) and the dataset state
+entities (refresh/pending.py), alert delivery (refresh/alerts.py) and metrics (refresh/metrics.py).
+
+Every change is an ETag-guarded read-modify-write of the dataset's state entity, so transitions
+survive restarts and are decided once even with several instances; the alert events a transition
+causes are written to the entity's outbox in that same write and handed to the queue afterwards
+(:meth:`FreshnessTracker.flush`; the timer re-flushes an outbox left by a crash, and the alerts
+table turns a duplicate into a no-op).
+
+Storage requests:
+
+* :meth:`record_commits`: 1 read + 1 write per dataset and detection batch (0 extra when folded into
+  the write that records the job, with :func:`note_commits`);
+* :meth:`record_outcome`: 1 read + 1 write per finished job (0 extra when folded into the worker's
+  release write, with :meth:`FreshnessTracker.note_outcome`), plus per event 1 row insert and 1 queue
+  message, and 1 read + 1 write to empty the outbox;
+* :meth:`tick` (timer, every minute): 1 query for all dataset entities; writes only on a transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import tables
+from .clock import Clock
+from .freshness import (
+    AlertEvent,
+    CommitTime,
+    DatasetFacts,
+    Freshness,
+    FreshnessRecord,
+    RefreshResult,
+    freshness_of,
+    record_commits,
+    take_outbox,
+    transition,
+)
+from .pending import PK_DATASET
+
+log = logging.getLogger(__name__)
+
+
+def note_commits(entity: dict, table: str, commits: Sequence[CommitTime]) -> bool:
+    """Add ``commits`` of ``table`` to the freshness record on ``entity`` (a dict about to be written)."""
+    record = FreshnessRecord.from_entity(entity)
+    if not record_commits(record, table, commits):
+        return False
+    record.to_entity(entity)
+    return True
+
+
+@dataclass
+class TickReport:
+    """What one timer run did."""
+
+    datasets: int = 0
+    events: list[AlertEvent] = field(default_factory=list)
+    writes: int = 0
+    flushed: int = 0
+    lags: dict[str, float] = field(default_factory=dict)
+
+
+class FreshnessTracker:
+    """Records commits and outcomes, evaluates breaches, and hands alert events to the alerter."""
+
+    def __init__(self, states: Any, config: Any, clock: Clock, alerter: Any = None, metrics: Any = None) -> None:
+        self.states = states        # refresh.pending.DatasetStates
+        self.config = config        # refresh.config.RoutingConfig
+        self.clock = clock
+        self.alerter = alerter      # refresh.alerts.Alerter, or None (events stay in the outbox)
+        self.metrics = metrics      # refresh.metrics.Metrics, or None
+
+    # config ----------------------------------------------------------------------------------------
+    def slo_seconds(self, dataset: str) -> int | None:
+        ds = self.config.datasets.get(dataset)
+        minutes = getattr(ds, "freshness_slo_minutes", None) if ds is not None else None
+        return minutes * 60 if minutes else None
+
+    def facts(self, dataset: str) -> DatasetFacts:
+        ds = self.config.datasets.get(dataset)
+        return DatasetFacts(ds.workspace, ds.dataset) if ds is not None else DatasetFacts()
+
+    # detection -------------------------------------------------------------------------------------
+    def record_commits(self, dataset: str, table: str, commits: Sequence[CommitTime]) -> None:
+        """Note data-changing commits of ``table`` that ``dataset`` has not refreshed yet."""
+        if commits:
+            self.states.update(dataset, lambda entity: note_commits(entity, table, commits))
+
+    # worker ----------------------------------------------------------------------------------------
+    def note_outcome(self, entity: dict, dataset: str, result: RefreshResult,
+                     now: datetime | None = None) -> list[AlertEvent]:
+        """Apply a job's end to the record on ``entity`` (a dict about to be written); returns the events.
+
+        Call :meth:`flush` after the write succeeded.
+        """
+        record = FreshnessRecord.from_entity(entity)
+        events = transition(record, dataset=dataset, slo_seconds=self.slo_seconds(dataset),
+                            now=now or self.clock.now(), outcome=result, facts=self.facts(dataset))
+        record.to_entity(entity)
+        return events
+
+    def record_outcome(self, dataset: str, result: RefreshResult) -> list[AlertEvent]:
+        """A job ended: update what the model contains and the alert state, then send the events."""
+        events: list[AlertEvent] = []
+
+        def mutate(entity: dict) -> bool:
+            if result.job_id in FreshnessRecord.from_entity(entity).state.handled_jobs:
+                events.clear()
+                return False
+            events[:] = self.note_outcome(entity, dataset, result)
+            return True
+
+        written = self.states.update(dataset, mutate)
+        if self.metrics is not None:
+            self.metrics.set_lag(dataset, self.view(dataset, written).lag_seconds)
+        if events:
+            self.flush(dataset)
+        return events
+
+    # timer -----------------------------------------------------------------------------------------
+    def tick(self) -> TickReport:
+        """Evaluate every configured dataset's breach state (run by a timer, every minute)."""
+        report = TickReport()
+        now = self.clock.now()
+        entities = {tables.from_row_key(e["RowKey"]): e for e in self.states.table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": PK_DATASET})}
+        for key in self.config.datasets:
+            report.datasets += 1
+            entity = entities.get(key)
+            slo = self.slo_seconds(key)
+            record = FreshnessRecord.from_entity(entity)
+            report.lags[key] = freshness_of(record, slo, now).lag_seconds
+            if self.metrics is not None:
+                self.metrics.set_lag(key, report.lags[key])
+            if entity is None:
+                continue
+            probe = FreshnessRecord.from_json(record.to_json())
+            if transition(probe, dataset=key, slo_seconds=slo, now=now, facts=self.facts(key)):
+                report.events += self._transition(key, entity, now)
+                report.writes += 1
+            if record.state.outbox or probe.state.outbox:
+                report.flushed += self.flush(key)
+        return report
+
+    def _transition(self, key: str, entity: Any, now: datetime) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+
+        def apply(data: dict) -> bool:
+            record = FreshnessRecord.from_entity(data)
+            events[:] = transition(record, dataset=key, slo_seconds=self.slo_seconds(key), now=now,
+                                   facts=self.facts(key))
+            if not events:
+                return False
+            record.to_entity(data)
+            return True
+
+        data = dict(entity)
+        if apply(data):
+            try:
+                tables.write(self.states.table, data, entity.metadata["etag"])
+                return events
+            except tables.Conflict:
+                pass  # someone else changed the entity: decide again on what is there now
+        self.states.update(key, apply)
+        return events
+
+    # alerts ----------------------------------------------------------------------------------------
+    def flush(self, dataset: str) -> int:
+        """Hand the dataset's outbox to the alerter, then remove what it took. Returns how many."""
+        if self.alerter is None:
+            return 0
+        record = FreshnessRecord.from_entity(self.states.get(dataset))
+        if not record.state.outbox:
+            return 0
+        events = [AlertEvent.from_json(e) for e in record.state.outbox]
+        sent = self.alerter.enqueue(events)
+
+        def remove(entity: dict) -> bool:
+            current = FreshnessRecord.from_entity(entity)
+            if not take_outbox(current, sent):
+                return False
+            current.to_entity(entity)
+            return True
+
+        self.states.update(dataset, remove)
+        return len(sent)
+
+    # reading ---------------------------------------------------------------------------------------
+    def view(self, dataset: str, entity: Any | None = None) -> Freshness:
+        """The dataset's freshness now (``entity``: its state entity if already read)."""
+        if entity is None:
+            entity = self.states.get(dataset)
+        return freshness_of(FreshnessRecord.from_entity(entity), self.slo_seconds(dataset), self.clock.now())
