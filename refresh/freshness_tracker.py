@@ -20,13 +20,13 @@ Storage requests:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from . import tables
-from .clock import Clock
+from .clock import Clock, parse_iso
 from .freshness import (
     AlertEvent,
     CommitTime,
@@ -34,6 +34,7 @@ from .freshness import (
     Freshness,
     FreshnessRecord,
     RefreshResult,
+    commit_time,
     freshness_of,
     record_commits,
     take_outbox,
@@ -51,6 +52,50 @@ def note_commits(entity: dict, table: str, commits: Sequence[CommitTime]) -> boo
         return False
     record.to_entity(entity)
     return True
+
+
+def commit_times(infos: Sequence[Any], detected_at: datetime,
+                 last_modified: Callable[[int], datetime | None] | None = None) -> list[CommitTime]:
+    """The commit time of each data-changing commit among ``infos`` (refresh.deltalog.CommitInfo):
+    its own timestamp, else the commit file's last-modified time (``last_modified(version)``), else
+    ``detected_at``."""
+    out = []
+    for info in infos:
+        if not info.data_change:
+            continue
+        modified = last_modified(info.version) if last_modified is not None and info.timestamp is None else None
+        out.append(commit_time(info.version, info.timestamp, modified, detected_at))
+    return out
+
+
+def result_from_running(running: Mapping[str, Any], status: str, ended_at: datetime, *,
+                        error_code: str | None = None, error_message: str | None = None) -> RefreshResult:
+    """A :class:`RefreshResult` from the worker's ``running`` claim (refresh/worker.py) at a job's end."""
+    job = running.get("job") or {}
+    included = {t: int(s["last_version"]) for t, s in (job.get("sources") or {}).items()}
+    started = running.get("started_at")
+    return RefreshResult(job_id=running["job_id"], status=status, ended_at=ended_at,
+                         started_at=parse_iso(started) if started else None, included=included,
+                         whole_model=bool(job.get("whole_model")) or not job.get("model_tables"),
+                         error_code=error_code, error_message=error_message,
+                         workspace_name=running.get("workspace_name"), dataset_name=running.get("dataset_name"))
+
+
+def commit_to_start_seconds(entity: Any, sources: Mapping[str, Mapping[str, Any]], started_at: datetime) -> (
+        float | None):
+    """Seconds from the oldest commit of a job (``sources``: table -> first/last version) to its refresh
+    start, from the freshness record on the dataset's ``entity``; None when no commit time is known."""
+    record = FreshnessRecord.from_entity(entity)
+    oldest: datetime | None = None
+    for table, change in sources.items():
+        entry = record.tables.get(table)
+        if entry is None:
+            continue
+        for span in entry.unincluded:
+            if span.first_version <= int(change["last_version"]) and span.last_version >= int(change["first_version"]):
+                when = parse_iso(span.oldest)
+                oldest = when if oldest is None or when < oldest else oldest
+    return None if oldest is None else round((started_at - oldest).total_seconds(), 3)
 
 
 @dataclass

@@ -284,3 +284,51 @@ def test_api_object_has_the_documented_fields():
     assert out["refreshed_at"] is None
     assert out["text"].startswith("breached for 10 min")
     json.dumps(out)
+
+
+# -- helpers the worker and detection call -----------------------------------------------------------------
+
+
+def test_commit_times_keep_data_changes_and_fall_back_to_blob_then_detection():
+    from refresh.deltalog import CommitInfo
+    from refresh.freshness_tracker import commit_times
+
+    def info(version: int, ts: int | None, data: bool = True) -> CommitInfo:
+        return CommitInfo(table="t", version=version, operation="WRITE", timestamp=ts, data_change=data,
+                          partitions=(), partitions_truncated=False, actions=1, metadata_seen=False)
+
+    blob = {2: at(-5)}
+    got = commit_times([info(1, int(at(-10).timestamp() * 1000)), info(2, None), info(3, None),
+                        info(4, 1, data=False)], at(0), blob.get)
+    assert got == [CommitTime(1, at(-10), "commitInfo"), CommitTime(2, at(-5), "blob"),
+                   CommitTime(3, at(0), "detected")]
+
+
+def test_result_from_running_reads_the_workers_claim():
+    from refresh.freshness_tracker import result_from_running
+
+    running = {"job_id": "a" * 32, "started_at": iso(at(1)), "workspace_name": "Finance",
+               "dataset_name": "Sales Model",
+               "job": {"sources": {"t": {"first_version": 3, "last_version": 5, "commits": 2}},
+                       "model_tables": ["Orders"], "whole_model": False}}
+    r = result_from_running(running, "Failed", at(2), error_code="X", error_message="boom")
+    assert (r.job_id, r.status, r.started_at, r.ended_at, dict(r.included), r.whole_model) == (
+        "a" * 32, "Failed", at(1), at(2), {"t": 5}, False)
+    assert (r.workspace_name, r.dataset_name, r.error_code, r.error_message) == ("Finance", "Sales Model", "X", "boom")
+    running["job"]["model_tables"] = []
+    assert result_from_running(running, "Completed", at(2)).whole_model
+
+
+def test_commit_to_start_is_measured_from_the_oldest_commit_in_the_job():
+    from refresh.freshness_tracker import commit_to_start_seconds
+
+    rec = FreshnessRecord()
+    fr.record_commits(rec, "t", commits((3, 0), (4, 2)))
+    fr.record_commits(rec, "t", commits((5, 7)))
+    fr.record_commits(rec, "u", commits((1, 1)))
+    entity: dict = {}
+    rec.to_entity(entity)
+    assert commit_to_start_seconds(entity, {"t": {"first_version": 5, "last_version": 5}}, at(10)) == 180
+    assert commit_to_start_seconds(entity, {"t": {"first_version": 3, "last_version": 5},
+                                            "u": {"first_version": 1, "last_version": 1}}, at(10)) == 600
+    assert commit_to_start_seconds(entity, {"v": {"first_version": 1, "last_version": 1}}, at(10)) is None
