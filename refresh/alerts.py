@@ -382,6 +382,19 @@ class Alerter:
         self._log(msg.id, event.event, event.dataset, "failed", attempts, result.http_status, None, reason)
         return "failed"
 
+    def give_up(self, body: str | bytes, reason: str) -> None:
+        """The message could not be handled (poison queue): record the alert as failed."""
+        try:
+            msg = decode_alert(body)
+        except messages.BadMessage as exc:
+            log.error("rejected alert message: %s", exc)
+            return
+        row = self.store.update(msg.id, lambda r: None if r.get("status") in DONE else
+                                {"status": "failed", "last_error": reason[:1000], "sending_until": "",
+                                 "next_attempt_at": ""})
+        event = tables.value(row, "event", "?") if row else "?"
+        self._log(msg.id, event, msg.dataset, "failed", msg.attempt, None, None, reason)
+
     def _post(self, event: AlertEvent) -> Attempt:
         import requests
 

@@ -160,10 +160,11 @@ class FreshnessTracker:
             return True
 
         written = self.states.update(dataset, mutate)
-        if self.metrics is not None:
-            self.metrics.set_lag(dataset, self.view(dataset, written).lag_seconds)
+        if self.metrics is not None and written is not None:
+            view = freshness_of(FreshnessRecord.from_entity(written), self.slo_seconds(dataset), self.clock.now())
+            self.metrics.set_lag(dataset, view.lag_seconds, view.breached)
         if events:
-            self.flush(dataset)
+            self.flush(dataset, written)
         return events
 
     # timer -----------------------------------------------------------------------------------------
@@ -178,20 +179,24 @@ class FreshnessTracker:
             entity = entities.get(key)
             slo = self.slo_seconds(key)
             record = FreshnessRecord.from_entity(entity)
-            report.lags[key] = freshness_of(record, slo, now).lag_seconds
+            view = freshness_of(record, slo, now)
+            report.lags[key] = view.lag_seconds
             if self.metrics is not None:
-                self.metrics.set_lag(key, report.lags[key])
+                self.metrics.set_lag(key, view.lag_seconds, view.breached)
             if entity is None:
                 continue
             probe = FreshnessRecord.from_json(record.to_json())
             if transition(probe, dataset=key, slo_seconds=slo, now=now, facts=self.facts(key)):
-                report.events += self._transition(key, entity, now)
+                events, entity = self._transition(key, entity, now)
+                report.events += events
                 report.writes += 1
             if record.state.outbox or probe.state.outbox:
-                report.flushed += self.flush(key)
+                report.flushed += self.flush(key, entity)
         return report
 
-    def _transition(self, key: str, entity: Any, now: datetime) -> list[AlertEvent]:
+    def _transition(self, key: str, entity: Any, now: datetime) -> tuple[list[AlertEvent], Any]:
+        """Decide the transition on ``entity`` (as read) with its ETag; on a conflict decide again on
+        what is stored now. Returns the events and the entity as written (None: not known)."""
         events: list[AlertEvent] = []
 
         def apply(data: dict) -> bool:
@@ -207,18 +212,20 @@ class FreshnessTracker:
         if apply(data):
             try:
                 tables.write(self.states.table, data, entity.metadata["etag"])
-                return events
+                return events, data
             except tables.Conflict:
                 pass  # someone else changed the entity: decide again on what is there now
-        self.states.update(key, apply)
-        return events
+        written = self.states.update(key, apply)
+        return events, (written if events else None)
 
     # alerts ----------------------------------------------------------------------------------------
-    def flush(self, dataset: str) -> int:
-        """Hand the dataset's outbox to the alerter, then remove what it took. Returns how many."""
+    def flush(self, dataset: str, entity: Any | None = None) -> int:
+        """Hand the dataset's outbox to the alerter, then remove what it took. Returns how many.
+
+        ``entity``: the state entity as just read or written (saves a read); None reads it."""
         if self.alerter is None:
             return 0
-        record = FreshnessRecord.from_entity(self.states.get(dataset))
+        record = FreshnessRecord.from_entity(entity if entity is not None else self.states.get(dataset))
         if not record.state.outbox:
             return 0
         events = [AlertEvent.from_json(e) for e in record.state.outbox]

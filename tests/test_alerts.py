@@ -109,16 +109,21 @@ def test_alert_messages_round_trip_and_are_told_apart_from_job_messages():
 class Rig:
     """Azurite tables and queue, a virtual-time pump and an alerter pointed at ``url``."""
 
-    def __init__(self, azurite, unique: str, url: str, fmt: str = "json", **config) -> None:
+    def __init__(self, azurite, unique: str, url: str, fmt: str = "json", metrics=None, **config) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.queue import QueueServiceClient
 
         from refresh import tables
 
         self.clock = FakeClock(T0)
-        service = TableServiceClient.from_connection_string(azurite.connection_string)
+        self.requests: list[str] = []
+
+        def count(request) -> None:
+            self.requests.append(f"{request.http_request.method} {request.http_request.url.split('?')[0]}")
+
+        service = TableServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=count)
         self.table = tables.ensure_table(service, f"Alerts{unique}")
-        queues = QueueServiceClient.from_connection_string(azurite.connection_string)
+        queues = QueueServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=count)
         real = messages.queue_client(queues, f"alerts-{unique}")
         real.create_queue()
         self.queue = VirtualQueue(real, self.clock)
@@ -138,7 +143,7 @@ class Rig:
         if config:
             cfg = parse_config({"datasets": config}, "<test>")
             self.states = DatasetStates(self.table, self.queue, self.clock)
-            self.tracker = FreshnessTracker(self.states, cfg, self.clock, alerter=self.alerter)
+            self.tracker = FreshnessTracker(self.states, cfg, self.clock, alerter=self.alerter, metrics=metrics)
 
 
 def delays(rig: Rig) -> list[float]:
@@ -342,6 +347,59 @@ def test_two_instances_deciding_on_the_same_entity_announce_the_breach_once(azur
     rig.clock.set(T0 + timedelta(hours=2))
     other = FreshnessTracker(rig.states, rig.tracker.config, rig.clock, alerter=None)
     assert [e.event for e in other.tick().events] == ["freshness_breached"]  # ... B decided first
-    assert rig.tracker._transition("sales", stale, rig.clock.now()) == []  # A's write conflicts; re-decided: nothing
+    # A writes with the ETag it read: conflict; decided again on what is stored now: nothing
+    assert rig.tracker._transition("sales", stale, rig.clock.now()) == ([], None)
     state = freshness.FreshnessRecord.from_entity(rig.states.get("sales")).state
     assert [e["event"] for e in state.outbox] == ["freshness_breached"]
+
+
+def test_a_poisoned_alert_message_is_recorded_as_failed(azurite, unique):
+    rig = Rig(azurite, unique, "http://127.0.0.1:9/hook")
+    rig.alerter.enqueue([event()])
+    body = AlertMessage(event().id, "sales", 2).encode()
+    rig.alerter.give_up(body, "gave up after 5 deliveries: ServiceRequestError")
+    [problem] = rig.store.problems()
+    assert problem["status"] == "failed" and problem["last_error"].startswith("gave up after 5 deliveries")
+    rig.alerter.give_up("garbage", "x")  # not an alert message: logged, nothing raised
+
+
+def test_the_tracker_feeds_the_lag_gauge(azurite, unique):
+    from refresh import metrics as m
+
+    metrics, reader = m.in_memory()
+    rig = Rig(azurite, unique, "", metrics=metrics, sales=SALES)
+    rig.tracker.record_commits("sales", "sales/orders", [CommitTime(1, T0)])
+    rig.clock.set(T0 + timedelta(minutes=90))
+    rig.tracker.tick()
+    [(attrs, point)] = m.read_points(reader)[m.FRESHNESS_LAG]
+    assert attrs == {"dataset": "sales", "breached": True} and point.value == 5400.0
+    rig.tracker.record_outcome("sales", RefreshResult(job_id="c" * 32, status="Completed", ended_at=rig.clock.now(),
+                                                      included={"sales/orders": 1}))
+    [(attrs, point)] = m.read_points(reader)[m.FRESHNESS_LAG]
+    assert attrs == {"dataset": "sales", "breached": False} and point.value == 0.0
+
+
+def test_storage_requests_that_freshness_tracking_costs(azurite, unique):
+    """The figures for docs/performance.md: requests per detection batch, per job end and per timer run."""
+    rig = Rig(azurite, unique, "", sales=SALES, hr={**SALES, "dataset": "HR Model"})
+
+    def measure(action) -> list[str]:
+        rig.requests.clear()
+        action()
+        return list(rig.requests)
+
+    commits = measure(lambda: rig.tracker.record_commits("sales", "sales/orders", [CommitTime(1, T0)]))
+    assert len(commits) == 2                                   # read + create/replace of the state entity
+    quiet_tick = measure(rig.tracker.tick)
+    assert len(quiet_tick) == 1                                # one query for every dataset, no write
+    ok_end = measure(lambda: rig.tracker.record_outcome("sales", RefreshResult(
+        job_id="1" * 32, status="Completed", ended_at=T0, included={"sales/orders": 1})))
+    assert len(ok_end) == 2                                    # read + replace, no event
+    failed_end = measure(lambda: rig.tracker.record_outcome("sales", failed("2" * 32, T0)))
+    # read + replace; then alert row insert (webhook off: no queue message), read + replace emptying the outbox
+    assert len(failed_end) == 5
+    rig.tracker.record_commits("sales", "sales/orders", [CommitTime(2, T0)])
+    rig.clock.set(T0 + timedelta(hours=2))
+    breach_tick = measure(rig.tracker.tick)
+    # query + replace (ETag, the entity from the query) + alert row insert + read + replace of the outbox
+    assert len(breach_tick) == 5
