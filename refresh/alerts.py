@@ -82,10 +82,22 @@ class AlertSettings:
     format: str = "json"
     timeout: float = 10.0
     base_url: str | None = None
+    problem: str | None = None   # the settings could not be used (see :meth:`load`)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.webhook_url)
+        return bool(self.webhook_url) and self.problem is None
+
+    @classmethod
+    def load(cls, env: Mapping[str, str]) -> AlertSettings:
+        """Like :meth:`from_env`, but never raises: a bad setting becomes :attr:`problem`, and every alert
+        is then recorded as failed with that problem (visible on the status page) instead of failing the
+        refresh that caused it."""
+        try:
+            return cls.from_env(env)
+        except SettingsError as exc:
+            log.error("alerts cannot be sent: %s", exc)
+            return cls(problem=str(exc))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AlertSettings:
@@ -185,11 +197,13 @@ class AlertStore:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def create(self, event: AlertEvent, status: str, now: datetime) -> tuple[dict[str, Any], bool]:
+    def create(self, event: AlertEvent, status: str, now: datetime,
+               last_error: str | None = None) -> tuple[dict[str, Any], bool]:
         """The event's row, created if new; returns ``(row, created)``."""
         row: dict[str, Any] = {"PartitionKey": PK_ALERT, "RowKey": event.id, "event": event.event,
                                "dataset": event.dataset, "occurred_at": event.occurred_at, "created_at": iso(now),
-                               "status": status, "attempts": 0, "job_id": event.job_id or ""}
+                               "status": status, "attempts": 0, "job_id": event.job_id or "",
+                               "last_error": (last_error or "")[:1000]}
         tables.put_json(row, "event_json", event.to_json())
         try:
             tables.write(self.table, row, None)
@@ -296,14 +310,15 @@ class Alerter:
         way gets a second message, which the first delivery turns into a no-op.
         """
         done = []
+        problem = self.settings.problem
         for event in events:
             now = self.clock.now()
-            status = "queued" if self.settings.enabled else "off"
-            row, created = self.store.create(event, status, now)
+            status = "failed" if problem else "queued" if self.settings.enabled else "off"
+            row, created = self.store.create(event, status, now, last_error=problem)
             if tables.value(row, "status") in DONE:
-                if created and status == "off":
-                    self._log(event.id, event.event, event.dataset, "off", 0, None, None,
-                              "ALERT_WEBHOOK_URL is empty: recorded, not sent")
+                if created and status != "queued":
+                    self._log(event.id, event.event, event.dataset, status, 0, None, None,
+                              problem or "ALERT_WEBHOOK_URL is empty: recorded, not sent")
                 done.append(event.id)
                 continue
             messages.send(self.queue, AlertMessage(event.id, event.dataset, 0, iso(now)), 0)
@@ -331,10 +346,13 @@ class Alerter:
             return "duplicate"
         now = self.clock.now()
         if not self.settings.enabled:
-            self.store.update(msg.id, lambda row: None if row.get("status") in DONE else {"status": "off"})
-            self._log(msg.id, event.event, event.dataset, "off", 0, None, None,
-                      "ALERT_WEBHOOK_URL is empty: recorded, not sent")
-            return "off"
+            problem = self.settings.problem
+            final = "failed" if problem else "off"
+            self.store.update(msg.id, lambda row: None if row.get("status") in DONE else
+                              {"status": final, "last_error": (problem or "")[:1000]})
+            self._log(msg.id, event.event, event.dataset, final, 0, None, None,
+                      problem or "ALERT_WEBHOOK_URL is empty: recorded, not sent")
+            return final
         lease = timedelta(seconds=2 * self.settings.timeout + 30)
         claimed: dict[str, Any] = {}
 

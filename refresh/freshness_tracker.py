@@ -229,7 +229,12 @@ class FreshnessTracker:
         if not record.state.outbox:
             return 0
         events = [AlertEvent.from_json(e) for e in record.state.outbox]
-        sent = self.alerter.enqueue(events)
+        try:
+            sent = self.alerter.enqueue(events)
+        except Exception as exc:  # never fail the refresh that caused the event; the timer flushes again
+            log.error("dataset %s: %s alert event(s) not queued yet (%s: %s); the timer retries", dataset,
+                      len(events), type(exc).__name__, str(exc).split("\n")[0][:300])
+            return 0
 
         def remove(entity: dict) -> bool:
             current = FreshnessRecord.from_entity(entity)

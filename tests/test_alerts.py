@@ -403,3 +403,30 @@ def test_storage_requests_that_freshness_tracking_costs(azurite, unique):
     breach_tick = measure(rig.tracker.tick)
     # query + replace (ETag, the entity from the query) + alert row insert + read + replace of the outbox
     assert len(breach_tick) == 5
+
+
+def test_unusable_settings_record_each_alert_as_failed_with_the_problem_and_send_nothing(azurite, unique, caplog):
+    rig = Rig(azurite, unique, "")
+    rig.alerter.settings = AlertSettings.load({"ALERT_WEBHOOK_URL": "@Microsoft.KeyVault(SecretUri=https://kv/x)"})
+    assert rig.alerter.settings.problem.startswith("setting ALERT_WEBHOOK_URL: the value must be an https URL")
+    rig.alerter.enqueue([event()])
+    assert rig.pump.pending() == 0
+    [problem] = rig.store.problems()
+    assert problem["status"] == "failed" and problem["last_error"] == rig.alerter.settings.problem
+
+
+def test_a_queue_outage_never_fails_the_job_end_and_the_timer_sends_later(azurite, unique):
+    from azure.storage.queue import QueueServiceClient
+
+    with WebhookSink() as sink:
+        rig = Rig(azurite, unique, sink.url, sales=SALES)
+        queues = QueueServiceClient.from_connection_string(azurite.connection_string)
+        missing = messages.queue_client(queues, f"missing-{unique}")
+        rig.alerter.queue = missing  # sending fails (the queue does not exist)
+        events = rig.tracker.record_outcome("sales", failed("d" * 32, T0))
+        assert [e.event for e in events] == ["refresh_failed"]
+        assert len(freshness.FreshnessRecord.from_entity(rig.states.get("sales")).state.outbox) == 1
+        rig.alerter.queue = rig.queue
+        assert rig.tracker.tick().flushed == 1
+        rig.pump.run()
+        assert [r.body["job_id"] for r in sink.accepted()] == ["d" * 32]
