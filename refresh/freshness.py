@@ -174,15 +174,20 @@ def record_commits(record: FreshnessRecord, table: str, commits: Sequence[Commit
     entry = record.tables.get(table)
     if entry is None:
         entry = TableFreshness()
-    seen = entry.included_version if entry.included_version is not None else -1
-    if entry.unincluded:
-        seen = max(seen, entry.unincluded[-1].last_version)
-    new = sorted((c for c in commits if c.version > seen), key=lambda c: c.version)
+    floor = entry.included_version if entry.included_version is not None else -1
+    new = sorted({c.version: c for c in commits if c.version > floor and not _in_span(entry, c.version)}.values(),
+                 key=lambda c: c.version)
     if not new:
         return False
-    oldest = min(new, key=lambda c: c.committed_at)
-    entry.unincluded.append(Span(new[0].version, new[-1].version, iso(oldest.committed_at),
-                                 iso(new[-1].committed_at)))
+    # one span per gap between the spans already there (normally one: commits arrive in version order)
+    groups: dict[int, list[CommitTime]] = {}
+    for c in new:
+        groups.setdefault(sum(1 for s in entry.unincluded if s.last_version < c.version), []).append(c)
+    for group in groups.values():
+        oldest = min(group, key=lambda c: c.committed_at)
+        entry.unincluded.append(Span(group[0].version, group[-1].version, iso(oldest.committed_at),
+                                     iso(group[-1].committed_at)))
+    entry.unincluded.sort(key=lambda s: s.first_version)
     if any(c.source == "detected" for c in new):
         entry.approximate = True
     while len(entry.unincluded) > MAX_SPANS:
@@ -192,6 +197,10 @@ def record_commits(record: FreshnessRecord, table: str, commits: Sequence[Commit
     record.tables[table] = entry
     _bound_tables(record)
     return True
+
+
+def _in_span(entry: TableFreshness, version: int) -> bool:
+    return any(s.first_version <= version <= s.last_version for s in entry.unincluded)
 
 
 def _bound_tables(record: FreshnessRecord) -> None:

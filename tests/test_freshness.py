@@ -332,3 +332,16 @@ def test_commit_to_start_is_measured_from_the_oldest_commit_in_the_job():
     assert commit_to_start_seconds(entity, {"t": {"first_version": 3, "last_version": 5},
                                             "u": {"first_version": 1, "last_version": 1}}, at(10)) == 600
     assert commit_to_start_seconds(entity, {"v": {"first_version": 1, "last_version": 1}}, at(10)) is None
+
+
+def test_commits_recorded_late_or_twice_land_in_their_own_span_and_count():
+    rec = FreshnessRecord()
+    fr.record_commits(rec, "t", commits((7, 20), (8, 21)))
+    # a slower instance (or a re-run after a crash) records earlier versions afterwards
+    assert fr.record_commits(rec, "t", commits((3, 5), (4, 6), (7, 20)))
+    spans = [(s.first_version, s.last_version, s.oldest) for s in rec.tables["t"].unincluded]
+    assert spans == [(3, 4, iso(at(5))), (7, 8, iso(at(20)))]
+    assert fr.freshness_of(rec, None, at(30)).lag_seconds == 25 * 60
+    assert not fr.record_commits(rec, "t", commits((3, 5), (8, 21)))
+    fr.record_refresh(rec, completed("j", 31, 30, t=4))
+    assert fr.freshness_of(rec, None, at(32)).lag_seconds == 12 * 60
