@@ -19,6 +19,7 @@ Storage requests:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,30 @@ def result_from_running(running: Mapping[str, Any], status: str, ended_at: datet
                          whole_model=bool(job.get("whole_model")) or not job.get("model_tables"),
                          error_code=error_code, error_message=error_message,
                          workspace_name=running.get("workspace_name"), dataset_name=running.get("dataset_name"))
+
+
+def result_from_row(row: Mapping[str, Any]) -> RefreshResult:
+    """A :class:`RefreshResult` from a job's outcome row in an end state (refresh/outcomes.py), either as
+    written (JSON columns as text) or as read with ``outcomes.to_public``."""
+    def decoded(name: str, default: Any) -> Any:
+        value = row.get(name)
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value else default
+            except ValueError:
+                value = default
+        return default if value is None else value
+
+    sources = decoded("sources", {}) or {}
+    started, ended = row.get("started_at") or None, row.get("ended_at") or None
+    return RefreshResult(
+        job_id=str(row["job_id"]), status=str(row["status"]),
+        ended_at=parse_iso(ended) if ended else parse_iso(str(row.get("queued_at"))),
+        started_at=parse_iso(started) if started else None,
+        included={t: int(s["last_version"]) for t, s in sources.items() if isinstance(s, Mapping)},
+        whole_model=not decoded("model_tables", []),
+        error_code=row.get("error_code") or None, error_message=row.get("error_message") or None,
+        workspace_name=row.get("workspace_name") or None, dataset_name=row.get("dataset_name") or None)
 
 
 def commit_to_start_seconds(entity: Any, sources: Mapping[str, Mapping[str, Any]], started_at: datetime) -> (

@@ -345,3 +345,22 @@ def test_commits_recorded_late_or_twice_land_in_their_own_span_and_count():
     assert not fr.record_commits(rec, "t", commits((3, 5), (8, 21)))
     fr.record_refresh(rec, completed("j", 31, 30, t=4))
     assert fr.freshness_of(rec, None, at(32)).lag_seconds == 12 * 60
+
+
+def test_result_from_an_outcome_row_as_written_and_as_read():
+    from refresh.freshness_tracker import result_from_row
+    from refresh.outcomes import _flatten, to_public
+
+    fields = {"job_id": "b" * 32, "status": "TimedOut", "queued_at": iso(at(0)), "started_at": iso(at(1)),
+              "ended_at": iso(at(9)), "sources": {"t": {"first_version": 1, "last_version": 4, "commits": 2}},
+              "model_tables": ["Orders"], "error_code": "TimedOut", "error_message": "refresh exceeded 8 min",
+              "workspace_name": "Finance", "dataset_name": "Sales Model"}
+    written = _flatten(fields)
+    for row in (written, to_public(written)):
+        r = result_from_row(row)
+        assert (r.job_id, r.status, r.started_at, r.ended_at, dict(r.included), r.whole_model) == (
+            "b" * 32, "TimedOut", at(1), at(9), {"t": 4}, False)
+        assert (r.error_code, r.error_message, r.workspace_name) == ("TimedOut", "refresh exceeded 8 min", "Finance")
+    bare = result_from_row(_flatten({"job_id": "c" * 32, "status": "Failed", "queued_at": iso(at(0)),
+                                     "ended_at": iso(at(2)), "model_tables": [], "sources": None}))
+    assert bare.whole_model and dict(bare.included) == {} and bare.started_at is None and bare.error_code is None
