@@ -217,6 +217,9 @@ class FreshnessTracker:
                 report.writes += 1
             if record.state.outbox or probe.state.outbox:
                 report.flushed += self.flush(key, entity)
+        for key, entity in entities.items():  # unconfigured keys (ad-hoc, _rejected): only a left-over outbox
+            if key not in self.config.datasets and FreshnessRecord.from_entity(entity).state.outbox:
+                report.flushed += self.flush(key, entity)
         return report
 
     def _transition(self, key: str, entity: Any, now: datetime) -> tuple[list[AlertEvent], Any]:

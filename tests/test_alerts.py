@@ -430,3 +430,16 @@ def test_a_queue_outage_never_fails_the_job_end_and_the_timer_sends_later(azurit
         assert rig.tracker.tick().flushed == 1
         rig.pump.run()
         assert [r.body["job_id"] for r in sink.accepted()] == ["d" * 32]
+
+
+def test_the_timer_also_flushes_the_outbox_of_an_unconfigured_key(azurite, unique):
+    with WebhookSink() as sink:
+        rig = Rig(azurite, unique, sink.url, sales=SALES)
+        crashed = FreshnessTracker(rig.states, rig.tracker.config, rig.clock, alerter=None)
+        crashed.record_outcome("_rejected", RefreshResult(job_id="e" * 32, status="Rejected", ended_at=T0,
+                                                          error_code="BadMessage", error_message="v: unsupported"))
+        assert rig.tracker.tick().flushed == 1
+        rig.pump.run()
+        [got] = sink.accepted()
+    assert (got.body["dataset"], got.body["status"], got.body["error_message"]) == ("_rejected", "Rejected",
+                                                                                    "v: unsupported")
