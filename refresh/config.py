@@ -54,6 +54,8 @@ from .validation import (  # noqa: F401  (re-exported: the config's names for th
 MAX_DELAY = 7 * 24 * 3600 - 60
 """Upper bound of ``debounce_seconds`` and ``max_delay_seconds``: 7 days minus 1 minute (a storage
 queue message cannot stay invisible longer than 7 days)."""
+MAX_SLO_MINUTES = 30 * 24 * 60
+"""Upper bound of ``freshness_slo_minutes``: 30 days."""
 MAX_TABLE_LENGTH = 1024
 ENHANCED_OPTION_KEYS = ("type", "commit_mode", "max_parallelism", "retry_count", "timeout",
                         "apply_refresh_policy", "effective_date")
@@ -258,6 +260,7 @@ class DatasetConfig:
     dedicated_capacity: bool | None = None
     daily_limit: int | None = None
     timeout_minutes: int = 120
+    freshness_slo_minutes: int | None = None
 
     def route(self, table_path: str) -> tuple[bool, frozenset[str] | None]:
         """``(listens, model tables)`` for a change to ``table_path``: the union of the model tables
@@ -523,6 +526,7 @@ DATASET_KEYS: tuple[Key, ...] = (
     Key("dedicated_capacity", _bool, None, nullable=True),
     Key("daily_limit", _int(1, 1000), None, nullable=True),
     Key("timeout_minutes", _int(1, 1440, " minutes"), 120),
+    Key("freshness_slo_minutes", _int(1, MAX_SLO_MINUTES, " minutes"), None, nullable=True),
 )
 """Every key of a dataset object, in documentation order. The dataset key itself is not here."""
 
@@ -781,8 +785,9 @@ def _limits(ds: DatasetConfig) -> list[str]:
         limit = "8 refreshes/day on shared capacity, unlimited on dedicated"
     else:
         limit = "unlimited" if ds.dedicated_capacity else "8 refreshes/day"
+    slo = "none" if ds.freshness_slo_minutes is None else _duration(ds.freshness_slo_minutes * 60)
     return [f"  capacity {capacities[ds.dedicated_capacity]}; daily limit {limit}",
-            f"  refresh timeout {ds.timeout_minutes} min"]
+            f"  refresh timeout {ds.timeout_minutes} min; freshness objective {slo}"]
 
 
 def describe(config: RoutingConfig) -> str:
