@@ -2,8 +2,10 @@
 
 Every detection path (blob trigger, Event Grid, the sweep) ends here. For one table:
 
-1. read its watermark (the newest version handled); a table seen for the first time starts at its
-   latest version, or just before the hinted version when an event named one (no replay of history);
+1. read its watermark (the newest version handled); a table seen for the first time starts at the
+   newest version its log has (no replay of history), handling that commit when an event announced a
+   version the log has. A hinted version is only a hint: a watermark only ever moves to a version that
+   was read from the log, so a forged or early event cannot move it past real commits;
 2. read the commits after the watermark in order, streaming each one (refresh/deltalog.py);
 3. put the data-changing ones into the pending job of every dataset that listens to the table
    (refresh/pending.py; idempotent per table and version);
@@ -131,13 +133,20 @@ class Detector:
         return result
 
     def _first_seen(self, table: str, reader: LogReader, hint_version: int | None) -> Watermark | None:
-        if hint_version is not None:
-            start = hint_version - 1
-        else:
-            latest = reader.latest_version()
-            if latest is None:
-                return None
-            start = latest
+        """Where a table the app has never seen starts: decided by its log, never by the hint.
+
+        The newest commit that exists is the starting point (no replay of history). When an event
+        announced a commit that exists, that newest commit is handled too (the event says something new
+        happened); an announced version the log does not have (not written yet, forged, or bogus) moves
+        nothing, so every real commit after the newest existing one is still read, by events or the sweep.
+        """
+        latest = reader.latest_version()
+        if latest is None:
+            return None
+        start = latest - 1 if hint_version is not None and hint_version <= latest else latest
+        if hint_version is not None and hint_version > latest:
+            log.warning("table %s: an event announced version %s but the log's newest is %s; starting after %s",
+                        table, hint_version, latest, start)
         mark = Watermark(table=table, version=start)
         try:
             self.watermarks.save(mark)

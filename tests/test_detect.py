@@ -403,3 +403,67 @@ def test_partitioned_table_with_schema_change_and_checkpoint_in_azurite(lake, ca
     assert job.sources[table].last_version == v1 and job.model_tables == ["Ops"]
     detected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("commit detected")]
     assert len(detected) == 1 and "partitions=region=us" in detected[0] and "datasets=ops" in detected[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# first sight comes from the log; a hinted version is only a hint (issue 9, items 9 and 13)
+
+
+def test_first_sight_event_for_a_version_not_written_yet_loses_no_commit(lake):
+    table = "sales/fact_orders"
+    assert lake.write(table, {"id": [0], "amount": [1.0]}) == 0
+    assert lake.write(table, {"id": [1], "amount": [1.0]}) == 1
+    lake.created(table, 5)  # early (or reordered) event: version 5 does not exist yet
+    assert lake.watermark(table).version == 1  # the log's newest, not "just before 5"
+    assert lake.pending("sales") is None  # nothing announced exists: nothing to refresh yet
+    for i in range(2, 6):
+        assert lake.write(table, {"id": [i], "amount": [1.0]}) == i
+    lake.created(table, 3)  # the event of an earlier version, after the one of version 5
+    lake.sweep()
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (2, 5, 4)
+    assert lake.watermark(table).version == 5
+
+
+def test_first_sight_event_for_an_old_version_does_not_replay_history(lake):
+    table = "sales/fact_orders"
+    for i in range(4):
+        lake.write(table, {"id": [i], "amount": [1.0]})
+    lake.created(table, 0)  # a late event of the table's first commit
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (3, 3, 1)  # only the newest commit
+    assert lake.watermark(table).version == 3
+
+
+@pytest.mark.parametrize("deliver", ["event", "blob_trigger"])
+def test_bogus_version_cannot_silence_an_unseen_table(lake, deliver):
+    table = "sales/fact_orders"
+    lake.write(table, {"id": [0], "amount": [1.0]})
+    if deliver == "event":
+        lake.created(table, 2147483647)
+    else:
+        lake.blob_trigger(table, 2147483647)
+    assert lake.watermark(table).version == 0
+    assert lake.pending("sales") is None and lake.queued() == 0
+    v1 = lake.write(table, {"id": [1], "amount": [1.0]})
+    lake.blob_trigger(table, v1)
+    assert lake.pending("sales").sources[table].last_version == v1
+    v2 = lake.write(table, {"id": [2], "amount": [1.0]})
+    lake.sweep()  # the safety net sees it too
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (v1, v2, 2)
+
+
+def test_bogus_version_for_a_seen_table_is_read_up_to_what_exists(lake):
+    table = "sales/fact_orders"
+    lake.write(table, {"id": [0], "amount": [1.0]})
+    lake.sweep()
+    v1 = lake.write(table, {"id": [1], "amount": [1.0]})
+    for bogus in (2147483647, 10**20 - 1):
+        lake.created(table, bogus)
+        mark = lake.watermark(table)
+        assert mark.version == v1 and mark.gap == "" and mark.error == ""
+    v2 = lake.write(table, {"id": [2], "amount": [1.0]})
+    lake.created(table, v2)
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (v1, v2, 2)
