@@ -13,10 +13,10 @@ Every detection path (blob trigger, Event Grid, the sweep) ends here. For one ta
    the next hint and step 3 ignores what it already recorded; two instances racing both record
    (once, thanks to step 3) and one of them wins the watermark.
 
-A malformed commit stops that table at that version: the error is stored on the watermark entity
-(where ``python -m refresh explain`` and the status page show it) and the next pass retries it;
-other tables carry on. A version gap (log cleanup while the app was away) is skipped over once,
-recorded on the watermark, and not looped on.
+A malformed commit (including kept texts that are not valid Unicode) stops that table at that
+version: the error is stored on the watermark entity (where ``python -m refresh explain`` and the
+status page show it) and the next pass retries it; other tables carry on. A version gap (log cleanup
+while the app was away) is skipped over once, recorded on the watermark, and not looped on.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from . import tables
 from .clock import Clock, iso
 from .config import RoutingConfig
-from .deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit
+from .deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit, valid_text
 from .pending import Change, DatasetStates
 from .watermarks import Watermark, Watermarks
 
@@ -65,6 +65,10 @@ class Detector:
                 known: Watermark | None = None) -> TableResult:
         """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep)."""
         result = TableResult(table=table)
+        if not valid_text(table):  # e.g. a "\ud800" escape in an event's JSON: no store could hold it
+            result.skipped = "the table path is not valid Unicode (lone surrogate)"
+            log.warning("table %s: %s; ignored", ascii(table), result.skipped)
+            return result
         routes = self.config.routes_for(table)
         if not routes:
             result.skipped = "no configured dataset listens to this table"

@@ -467,3 +467,31 @@ def test_bogus_version_for_a_seen_table_is_read_up_to_what_exists(lake):
     lake.created(table, v2)
     src = lake.pending("sales").sources[table]
     assert (src.first_version, src.last_version, src.commits) == (v1, v2, 2)
+
+
+def test_lone_surrogates_in_a_commit_are_malformed_and_others_carry_on(lake):
+    table, other = "sales/fact_orders", "sales/dim_store"
+    lake.write(table, {"id": [0], "region": ["eu"]}, partition_by=["region"])
+    lake.write(other, {"id": [0]})
+    lake.sweep()
+    # version 1: a writer put a JSON "\udc00" escape into a partition value (no delta-rs writer can)
+    lake.put_raw(table, 1, [info(), add_line("a", pv={"region": "eu"}), add_line("b", pv={"region": "x\udc00"})])
+    lake.write(other, {"id": [1]})
+    lake.sweep()
+    mark = lake.watermark(table)
+    assert (mark.version, mark.error_version) == (0, 1)
+    assert mark.error.startswith(f"{table} version 1 line 3: partition value of 'region' is not valid Unicode")
+    mark.error.encode("utf-8")  # what is stored is readable
+    assert lake.pending("sales").sources == {other: lake.pending("sales").sources[other]}
+    lake.put_raw(table, 1, [info(), add_line("a", pv={"region": "eu"})])  # repaired: read again
+    lake.sweep()
+    assert lake.watermark(table).error == "" and lake.pending("sales").sources[table].last_version == 1
+
+
+def test_table_path_with_a_lone_surrogate_is_ignored(lake):
+    event = ev.blob_created(lake.base, lake.container, "ops/xQy/_delta_log/00000000000000000000.json")
+    event["subject"] = event["subject"].replace("xQy", "x\ud800y")  # a "\ud800" escape in the event's JSON
+    event["data"]["url"] = event["data"]["url"].replace("xQy", "x\ud800y")
+    lake.event(event)  # no exception, nothing stored
+    assert lake.app.watermarks.all()[0] == {}
+    assert lake.pending("ops") is None
