@@ -15,6 +15,10 @@ key), updated only with ETag guards:
   re-run of detection after a crash never puts the same commit into a second job, even when the
   first job has already been taken by the worker.
 
+What a job holds is capped (:func:`bound`, applied whenever a job is stored): too many model tables
+widen it to the whole model; requesters and reasons beyond the caps are counted, not listed. So no
+write of a job, its copy in ``running`` or its outcome row can exceed Table Storage's limits.
+
 The queue message is sent once, when a job is created, delayed until the job is due
 (``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
 first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
@@ -23,6 +27,7 @@ remainder of the wait (refresh/worker.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -37,6 +42,21 @@ log = logging.getLogger(__name__)
 
 PK_DATASET = "dataset"
 MAX_CONFLICT_RETRIES = 20
+
+# What one job may hold. A job is stored twice in its dataset's entity (``pending``, then ``running``)
+# and its lists once more in single properties of its outcome row. Table Storage holds at most 1 MB
+# per entity and 64 KB per property, strings counted in UTF-16; what is stored is JSON with non-ASCII
+# escaped (``\\uXXXX``, 12 characters for an emoji), so budgets count characters of that text.
+MAX_JOB_MODEL_TABLES = 100
+MAX_JOB_REQUESTERS = 20
+MAX_JOB_REASONS = 20
+MAX_JOB_TRIGGERS = 10
+MAX_REASON_LENGTH = 500
+MAX_REQUESTER_LENGTH = 256
+MODEL_TABLES_BUDGET = 16_000   # stored characters (32 KB in UTF-16); over it the job widens to the whole model
+REASONS_BUDGET = 12_000
+REQUESTERS_BUDGET = 6_000
+OMITTED_NOTE = "(+{n} more requester(s) or reason(s) not listed: a job lists at most what fits its caps)"
 
 
 @dataclass
@@ -67,9 +87,11 @@ class PendingJob:
     workspace: str | None = None      # for ad-hoc (unconfigured) datasets
     dataset: str | None = None
     scheduled_for: str | None = None
+    omitted: int = 0                  # requesters/reasons not listed because of the caps
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job as stored, within the caps (:func:`bound`), whoever built or merged it."""
+        return bound(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PendingJob:
@@ -243,8 +265,8 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     job.last_change_at = iso(now)
     if change.trigger not in job.triggers:
         job.triggers.append(change.trigger)
-    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [], 20)
-    _add_unique(job.reasons, [change.reason] if change.reason else [], 20)
+    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [])
+    _add_unique(job.reasons, [change.reason] if change.reason else [])
     if change.refresh_type:
         job.refresh_type = change.refresh_type
     for name in ("workspace", "dataset", "scheduled_for"):
@@ -281,7 +303,54 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
                           earlier=old_due is not None and new_due < old_due)
 
 
-def _add_unique(target: list[str], items: Iterable[str], cap: int) -> None:
+def _add_unique(target: list[str], items: Iterable[str]) -> None:
     for item in items:
-        if item not in target and len(target) < cap:
+        if item not in target:
             target.append(item)
+
+
+def _stored_length(value: Any) -> int:
+    """Characters of ``value`` as JSON with non-ASCII escaped (what put_json and outcome rows store)."""
+    return len(json.dumps(value))
+
+
+def _keep(items: Iterable[Any], max_items: int, budget: int, max_length: int) -> tuple[list[str], int]:
+    """The first items (each cut to ``max_length``) that fit ``max_items`` and ``budget``; and how many not."""
+    kept: list[str] = []
+    used, dropped = 2, 0
+    for item in items:
+        text = str(item)[:max_length]
+        size = _stored_length(text) + 1
+        if len(kept) >= max_items or used + size > budget or text in kept:
+            dropped += text not in kept
+            continue
+        kept.append(text)
+        used += size
+    return kept, dropped
+
+
+def bound(data: dict[str, Any]) -> dict[str, Any]:
+    """Cap a job's lists in place (a stored job dict) so that storing it can never fail.
+
+    Model tables over :data:`MAX_JOB_MODEL_TABLES` or :data:`MODEL_TABLES_BUDGET` widen the job to the
+    whole model (a superset of what was asked). Requesters and reasons keep the first ones that fit;
+    how many were left out is counted in ``omitted`` and said in the last reason.
+    """
+    tables_ = data.get("model_tables") or []
+    if data.get("whole_model") or len(tables_) > MAX_JOB_MODEL_TABLES \
+            or _stored_length(tables_) > MODEL_TABLES_BUDGET:
+        data["whole_model"], data["model_tables"] = True, []
+    data["triggers"] = list(dict.fromkeys(data.get("triggers") or []))[:MAX_JOB_TRIGGERS]
+    omitted = int(data.get("omitted") or 0)
+    data["requested_by"], dropped = _keep(data.get("requested_by") or [], MAX_JOB_REQUESTERS,
+                                          REQUESTERS_BUDGET, MAX_REQUESTER_LENGTH)
+    omitted += dropped
+    note_prefix = OMITTED_NOTE.split("{n}")[0]
+    reasons = [r for r in data.get("reasons") or [] if not str(r).startswith(note_prefix)]
+    note_room = _stored_length(OMITTED_NOTE.format(n=10**9)) + 1
+    data["reasons"], dropped = _keep(reasons, MAX_JOB_REASONS - 1, REASONS_BUDGET - note_room, MAX_REASON_LENGTH)
+    omitted += dropped
+    if omitted:
+        data["reasons"].append(OMITTED_NOTE.format(n=omitted))
+    data["omitted"] = omitted
+    return data
