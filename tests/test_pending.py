@@ -139,3 +139,110 @@ def test_a_job_merged_beyond_the_caps_is_stored_within_them(world):
     world.app.states.update("sales", store)  # both copies in one entity: accepted by Table Storage
     again = pending_of(world.entity()).to_dict()
     assert again == data  # bounding is stable: nothing more is dropped on the next write
+
+
+# --------------------------------------------------------------------------------------------------
+# requests that arrive while a refresh runs (issue 9, item 4)
+
+
+def start_first(world, **body) -> str:
+    """POST a manual refresh and let the worker claim it and POST it to Power BI."""
+    first = json.loads(world.post({"dataset": "sales", **body}, who="user0").get_body())
+    world.pump.step()  # the job message: claim, POST, first check queued
+    assert world.row(first["job_id"])["status"] == "Running" and len(world.posts()) == 1
+    return first["job_id"]
+
+
+def test_a_burst_of_manual_requests_is_one_refresh(world):
+    job_id = start_first(world, reason="first")
+    answers = []
+    for i in range(1, 20):  # the rest of a burst of 20 within 3 s
+        world.clock.advance(0.15)
+        answers.append(json.loads(world.post({"dataset": "sales", "reason": f"burst {i}"}, who=f"user{i}").get_body()))
+    assert {a["job_id"] for a in answers} == {job_id}
+    assert all(a["joined"] == "running" and "running" in a["message"] for a in answers)
+    assert answers[0]["status_url"] == f"{HOST}/api/refreshes/{job_id}"
+    assert pending_of(world.entity()) is None  # no follow-up job
+    world.pump.run()
+    assert len(world.posts()) == 1
+    [row] = world.app.outcomes.history("sales")
+    assert row["job_id"] == job_id and row["status"] == "Completed"
+    assert row["requested_by"] == [f"user{i}" for i in range(20)]
+    assert row["reasons"] == ["first"] + [f"burst {i}" for i in range(1, 20)]
+    assert row["triggers"] == ["manual"]
+
+
+def test_a_scheduled_run_joins_the_running_refresh(world):
+    from refresh.schedules import _fire
+
+    job_id = start_first(world)
+    ds = world.app.config.datasets["sales"]
+    run = _fire(world.app, ds, world.clock.now(), 1, world.clock.now())
+    assert (run.action, run.job_id) == ("joined", job_id)
+    assert pending_of(world.entity()) is None
+    world.pump.run()
+    [row] = world.app.outcomes.history("sales")
+    assert row["triggers"] == ["manual", "schedule"] and row["requested_by"] == ["user0", "schedule"]
+    assert len(world.posts()) == 1
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    ({"model_tables": ["Orders"]}, {}),                                      # the whole model: more than runs
+    ({"model_tables": ["Orders"]}, {"model_tables": ["Orders", "Stores"]}),  # a table the running job lacks
+    ({}, {"type": "ClearValues"}),                                           # another refresh type
+])
+def test_requests_for_more_than_the_running_refresh_make_a_follow_up(world, first, then):
+    job_id = start_first(world, **first)
+    answer = json.loads(world.post({"dataset": "sales", **then}, who="user1").get_body())
+    assert answer["joined"] is False and answer["job_id"] != job_id
+    again = json.loads(world.post({"dataset": "sales", **then}, who="user2").get_body())
+    assert again["joined"] is True and again["job_id"] == answer["job_id"]  # joins the follow-up
+    world.pump.run()
+    assert len(world.posts()) == 2
+
+
+def test_a_request_for_part_of_the_running_refresh_joins_it(world):
+    job_id = start_first(world, model_tables=["Orders", "Stores"])
+    answer = json.loads(world.post({"dataset": "sales", "model_tables": ["Stores"]}, who="user1").get_body())
+    assert (answer["joined"], answer["job_id"]) == ("running", job_id)
+
+
+def test_a_source_change_since_the_refresh_started_makes_a_follow_up(world):
+    from refresh.pending import Change
+
+    job_id = start_first(world)
+    world.app.states.record("sales", Change(trigger="commit", table="sales/fact_orders", versions=(7,),
+                                            model_tables=frozenset({"Orders"}), debounce_seconds=60,
+                                            max_delay_seconds=900))
+    follow_up = pending_of(world.entity())
+    answer = json.loads(world.post({"dataset": "sales"}, who="user1").get_body())
+    assert answer["joined"] is True and answer["job_id"] == follow_up.job_id != job_id
+    world.pump.run()
+    assert len(world.posts()) == 2
+
+
+def test_a_running_job_whose_lease_expired_is_not_joined(world):
+    job_id = start_first(world)
+
+    def expire(entity: dict) -> bool:
+        running = tables.get_json(entity, "running")
+        running["lease_until"] = "2000-01-01T00:00:00.000Z"
+        tables.put_json(entity, "running", running)
+        return True
+
+    world.app.states.update("sales", expire)
+    answer = json.loads(world.post({"dataset": "sales"}, who="user1").get_body())
+    assert answer["joined"] is False and answer["job_id"] != job_id
+
+
+def test_an_unreadable_running_entry_is_never_joined(world):
+    from refresh.pending import running_of
+
+    def garble(entity: dict) -> bool:
+        tables.put_json(entity, "running", {"job_id": "b" * 32, "job": {"job_id": 5, "surprise": True}})
+        return True
+
+    world.app.states.update("sales", garble)
+    assert running_of(world.entity()).job is None
+    answer = json.loads(world.post({"dataset": "sales"}, who="user1").get_body())
+    assert answer["joined"] is False
