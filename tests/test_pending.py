@@ -20,7 +20,7 @@ CONFIG = {
         "sales": {
             "workspace": "Finance Analytics", "dataset": "Sales Model",
             "sources": [{"table": "sales/fact_orders", "model_tables": ["Orders"]}, {"table": "sales/dim_*"}],
-            "debounce_seconds": 60, "max_delay_seconds": 900,
+            "debounce_seconds": 60, "max_delay_seconds": 900, "schedule": "0 */10 * * * *",
         },
     }
 }
@@ -173,11 +173,14 @@ def test_a_burst_of_manual_requests_is_one_refresh(world):
 
 
 def test_a_scheduled_run_joins_the_running_refresh(world):
-    from refresh.schedules import _fire
+    from refresh.schedules import run_schedules
 
+    [started] = run_schedules(world.app)  # 12:00:00: the schedule starts counting
+    assert started.action == "started"
+    world.clock.advance(590)
     job_id = start_first(world)
-    ds = world.app.config.datasets["sales"]
-    run = _fire(world.app, ds, world.clock.now(), 1, world.clock.now())
+    world.clock.advance(11)  # 12:10:01: due while the refresh runs
+    [run] = run_schedules(world.app)
     assert (run.action, run.job_id) == ("joined", job_id)
     assert pending_of(world.entity()) is None
     world.pump.run()
