@@ -74,11 +74,18 @@ class Detector:
             result.skipped = "no configured dataset listens to this table"
             return result
         mark = known if known is not None else self.watermarks.get(table)
+        reader = None
+        if mark is not None and not mark.checked:
+            reader = self.reader_for(table)
+            mark = self._check(table, reader, mark)
+            if mark is None:
+                result.skipped = "watermark moved by another instance"
+                return result
         if mark is not None and hint_version is not None and hint_version <= mark.version and not mark.error:
             result.skipped = f"version {hint_version} already handled"
             result.watermark = mark.version
             return result
-        reader = self.reader_for(table)
+        reader = reader or self.reader_for(table)
         if mark is None:
             mark = self._first_seen(table, reader, hint_version)
             if mark is None:
@@ -158,6 +165,24 @@ class Detector:
         except tables.Conflict:
             mark = self.watermarks.get(table) or mark
         return mark
+
+    def _check(self, table: str, reader: LogReader, mark: Watermark) -> Watermark | None:
+        """Once per watermark stored by older code: one listing of the log, and if the watermark is past
+        the log's newest version (a bogus event's version), restart it there, handling the newest commit:
+        the commits the bogus watermark hid are all in the table a refresh after it reads."""
+        latest = reader.latest_version()
+        if latest is not None and mark.version > latest:
+            restart = latest - 1
+            mark.gap = (f"watermark {mark.version} was past the log's newest version {latest} (set from an event "
+                        f"for a version that did not exist); restarted after {restart}")
+            log.warning("table %s: %s", table, mark.gap)
+            mark.version = restart
+            mark.error, mark.error_version = "", None
+        mark.checked = True
+        try:
+            return self.watermarks.save(mark)
+        except tables.Conflict:
+            return self.watermarks.get(table)
 
     def _read(self, reader: LogReader, version: int, mark: Watermark) -> CommitInfo | None:
         lines = reader.open_commit(version)

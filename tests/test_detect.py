@@ -495,3 +495,23 @@ def test_table_path_with_a_lone_surrogate_is_ignored(lake):
     lake.event(event)  # no exception, nothing stored
     assert lake.app.watermarks.all()[0] == {}
     assert lake.pending("ops") is None
+
+
+def test_the_sweep_repairs_a_watermark_an_older_version_set_past_the_log(lake):
+    good, bad = "sales/dim_store", "sales/fact_orders"
+    for table in (good, bad):
+        lake.write(table, {"id": [0]})
+        lake.write(table, {"id": [1]})
+    for table, version in ((good, 1), (bad, 2147483646)):  # as stored before watermarks were checked
+        tables.write(lake.app.state_table, {"PartitionKey": "watermark", "RowKey": tables.row_key(table),
+                                            "table": table, "version": version, "error": "", "error_version": -1,
+                                            "gap": "", "colmap_n": 1, "colmap_0": "{}"}, None)
+    lake.sweep()
+    mark = lake.watermark(bad)
+    assert mark.version == 1 and mark.checked and "2147483646" in mark.gap
+    assert lake.pending("sales").sources == {bad: lake.pending("sales").sources[bad]}  # the newest commit
+    assert lake.pending("sales").sources[bad].last_version == 1
+    assert lake.watermark(good).version == 1 and lake.watermark(good).checked and lake.watermark(good).gap == ""
+    v2 = lake.write(bad, {"id": [2]})
+    lake.blob_trigger(bad, v2)  # events reach it again
+    assert lake.pending("sales").sources[bad].last_version == v2
