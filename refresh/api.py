@@ -210,10 +210,11 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     log.info("manual refresh: dataset=%s job=%s joined=%s", key, result.job_id, joined)
     url = status_url(req, result.job_id or "")
     return json_response({
-        "job_id": result.job_id, "dataset": key, "configured": configured, "joined": joined,
-        "due_at": result.due_at, "status_url": url,
-        "message": ("joined the refresh already pending for this dataset" if joined
-                    else "refresh queued"),
+        "job_id": result.job_id, "dataset": key, "configured": configured,
+        "joined": "running" if result.joined == "running" else joined, "due_at": result.due_at, "status_url": url,
+        "message": ("joined the refresh already running for this dataset (nothing changed since it started)"
+                    if result.joined == "running" else "joined the refresh already pending for this dataset"
+                    if joined else "refresh queued"),
     }, 202, {"Location": url})
 
 

@@ -1,8 +1,7 @@
-"""Recognise Delta Lake commit files and classify what a commit did, streaming.
+"""Classify what a Delta Lake commit did, streaming; read a table's log locally or from Blob Storage.
 
-A blob is a commit iff its name relative to ``<table>/_delta_log/`` has no ``/`` and matches
-``^\\d{20}\\.json$`` (see ``/work/shared/notes/delta-log.md`` section 1). Everything else in the log
-(checkpoints, ``.crc``, compacted files, staged commits, temp files) is ignored.
+Which blobs are commits (``<table>/_delta_log/<20 digits>.json``) and how a commit's bytes split into
+lines lives in refresh/deltafiles.py; its names are re-exported here.
 
 :func:`classify_commit` reads a commit line by line and never holds more than one action plus the
 (capped) set of partitions touched. Data change is decided from the actions, never from the
@@ -17,13 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+
+from .deltafiles import (
+    COMMIT_NAME_RE,
+    LOG_DIR,
+    MAX_VERSION,
+    commit_file_name,
+    commit_version,
+    iter_lines,
+    split_commit_path,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -42,20 +50,11 @@ __all__ = [
     "commit_version",
     "iter_lines",
     "split_commit_path",
+    "valid_text",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: A published commit's file name inside ``_delta_log/``. ASCII digits only (``re.ASCII``); use
-#: ``fullmatch`` (``$`` alone would also accept a trailing newline).
-COMMIT_NAME_RE = re.compile(r"^\d{20}\.json$", re.ASCII)
-
-#: Largest version any writer can produce (versions are signed 64-bit in Delta Spark, delta-rs and
-#: delta-kernel-rs). Its 20-digit form starts with ``0``, which lets listings skip the rest of the log.
-MAX_VERSION = 2**63 - 1
-
-_LOG_DIR = "_delta_log"
-_VERSION_LIMIT = 10**20  # 20 digits
 _READ_CHUNK = 1 << 20  # local reads: 1 MiB at a time
 _COLUMN_MAPPING_PHYSICAL = "delta.columnMapping.physicalName"
 _COLUMN_MAPPING_MODE = "delta.columnMapping.mode"
@@ -64,47 +63,6 @@ _OBJECT_ACTIONS = frozenset({"protocol", "txn", "domainMetadata"})
 
 PartitionSet = tuple[tuple[str, str | None], ...]
 _Fail = Callable[[str], "MalformedCommit"]  # builds the error for the current line
-
-
-# --------------------------------------------------------------------------- file names
-
-
-def commit_file_name(version: int) -> str:
-    """The commit file name of ``version`` inside ``_delta_log/``: 5 -> ``00000000000000000005.json``."""
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise TypeError(f"version must be an int, not {type(version).__name__}")
-    if not 0 <= version < _VERSION_LIMIT:
-        raise ValueError(f"version {version} does not fit in 20 digits")
-    return f"{version:020d}.json"
-
-
-def commit_version(name_in_log: str) -> int | None:
-    """The version of a commit named relative to ``_delta_log/``; None for anything that is not a commit."""
-    if "/" in name_in_log or COMMIT_NAME_RE.fullmatch(name_in_log) is None:
-        return None
-    return int(name_in_log[:20])
-
-
-def split_commit_path(path: str) -> tuple[str, int] | None:
-    """Split a (decoded) blob path inside the container into ``(table path, version)`` if it is a commit.
-
-    ``"sales/fact_orders/_delta_log/00000000000000000003.json"`` -> ``("sales/fact_orders", 3)``.
-    None for every other file of a Delta log (checkpoints, compacted files, ``.crc``, temp files,
-    anything in a subfolder of ``_delta_log``), for paths with a second ``_delta_log`` segment, and for
-    an empty table path or one with empty, ``.`` or ``..`` segments (no Delta writer can create those).
-    Leading slashes are stripped.
-    """
-    segments = path.lstrip("/").split("/")
-    if len(segments) < 3 or segments[-2] != _LOG_DIR:
-        return None
-    version = commit_version(segments[-1])
-    if version is None:
-        return None
-    table_segments = segments[:-2]
-    for segment in table_segments:
-        if segment in ("", ".", "..", _LOG_DIR):
-            return None
-    return "/".join(table_segments), version
 
 
 # --------------------------------------------------------------------------- results
@@ -166,30 +124,19 @@ class CommitInfo:
 # --------------------------------------------------------------------------- streaming
 
 
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a stream of byte chunks into lines (without ``\\n`` / ``\\r\\n``), one chunk at a time.
+def valid_text(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: JSON ``\\uD800``-style escapes can produce lone surrogates,
+    which no store, log or page can encode. O(1) for ASCII text."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
-    Lines may span chunks; a last line without a trailing newline is still yielded; an empty stream
-    yields nothing. Only the current chunk and the pieces of one unfinished line are held.
-    """
-    pending: list[bytes] = []
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts = chunk.split(b"\n")
-        last = parts.pop()
-        if parts:
-            if pending:
-                pending.append(parts[0])
-                parts[0] = b"".join(pending)
-                pending.clear()
-            for line in parts:
-                yield line[:-1] if line.endswith(b"\r") else line
-        if last:
-            pending.append(last)
-    if pending:
-        line = b"".join(pending)
-        yield line[:-1] if line.endswith(b"\r") else line
+
+_LONE_SURROGATE = "is not valid Unicode (a lone surrogate \\u escape)"
 
 
 def _type_name(value: object) -> str:
@@ -200,7 +147,11 @@ def _partition_set(values: dict[str, Any], fail: _Fail) -> PartitionSet:
     """A canonical partition-value set: sorted by column, ``""`` read as null, scalars as strings."""
     items: list[tuple[str, str | None]] = []
     for column, value in values.items():
+        if not valid_text(column):
+            raise fail(f"partition column name {column!r} {_LONE_SURROGATE}")
         if value is None or type(value) is str:
+            if value and not valid_text(value):
+                raise fail(f"partition value of {column!r} {_LONE_SURROGATE}")
             items.append((column, value or None))
         elif isinstance(value, bool):
             items.append((column, "true" if value else "false"))
@@ -250,6 +201,9 @@ def _mapping_from_metadata(meta: dict[str, Any], fail: _Fail) -> dict[str, str]:
         metadata = entry.get("metadata")
         physical = metadata.get(_COLUMN_MAPPING_PHYSICAL) if isinstance(metadata, dict) else None
         if isinstance(physical, str) and physical:
+            for text in (physical, entry["name"]):
+                if not valid_text(text):
+                    raise fail(f"metaData column name {text!r} {_LONE_SURROGATE}")
             mapping[physical] = entry["name"]
     return mapping
 
@@ -354,6 +308,8 @@ def classify_commit(
                 commit_info_seen = True
                 op = value.get("operation")
                 operation = op if isinstance(op, str) else None
+                if operation is not None and not valid_text(operation):
+                    raise fail(f"commitInfo.operation {operation!r} {_LONE_SURROGATE}")
                 timestamp = _millis(value.get("inCommitTimestamp"))
                 if timestamp is None:
                     timestamp = _millis(value.get("timestamp"))
@@ -508,7 +464,7 @@ class LocalLogReader(_ReaderBase):
     def __init__(self, root: str | Path, table: str | None = None) -> None:
         self.root = Path(root)
         self.table = table if table is not None else str(root)
-        self._log = self.root / _LOG_DIR
+        self._log = self.root / LOG_DIR
 
     def open_commit(self, version: int) -> Iterator[bytes] | None:
         """The commit's lines, or None if the file does not exist."""
@@ -553,7 +509,7 @@ class BlobLogReader(_ReaderBase):
         self.table = table.strip("/")
         if not self.table:
             raise ValueError("table path must not be empty")
-        self._prefix = f"{self.table}/{_LOG_DIR}/"
+        self._prefix = f"{self.table}/{LOG_DIR}/"
 
     def open_commit(self, version: int) -> Iterator[bytes] | None:
         """Stream the commit's lines; one request (and None) when it does not exist."""

@@ -2,8 +2,10 @@
 
 Every detection path (blob trigger, Event Grid, the sweep) ends here. For one table:
 
-1. read its watermark (the newest version handled); a table seen for the first time starts at its
-   latest version, or just before the hinted version when an event named one (no replay of history);
+1. read its watermark (the newest version handled); a table seen for the first time starts at the
+   newest version its log has (no replay of history), handling that commit when an event announced a
+   version the log has. A hinted version is only a hint: a watermark only ever moves to a version that
+   was read from the log, so a forged or early event cannot move it past real commits;
 2. read the commits after the watermark in order, streaming each one (refresh/deltalog.py);
 3. put the data-changing ones into the pending job of every dataset that listens to the table
    (refresh/pending.py; idempotent per table and version);
@@ -11,10 +13,10 @@ Every detection path (blob trigger, Event Grid, the sweep) ends here. For one ta
    the next hint and step 3 ignores what it already recorded; two instances racing both record
    (once, thanks to step 3) and one of them wins the watermark.
 
-A malformed commit stops that table at that version: the error is stored on the watermark entity
-(where ``python -m refresh explain`` and the status page show it) and the next pass retries it;
-other tables carry on. A version gap (log cleanup while the app was away) is skipped over once,
-recorded on the watermark, and not looped on.
+A malformed commit (including kept texts that are not valid Unicode) stops that table at that
+version: the error is stored on the watermark entity (where ``python -m refresh explain`` and the
+status page show it) and the next pass retries it; other tables carry on. A version gap (log cleanup
+while the app was away) is skipped over once, recorded on the watermark, and not looped on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from . import tables
 from .clock import Clock, iso
 from .config import RoutingConfig
-from .deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit
+from .deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit, valid_text
 from .pending import Change, DatasetStates
 from .watermarks import Watermark, Watermarks
 
@@ -63,16 +65,27 @@ class Detector:
                 known: Watermark | None = None) -> TableResult:
         """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep)."""
         result = TableResult(table=table)
+        if not valid_text(table):  # e.g. a "\ud800" escape in an event's JSON: no store could hold it
+            result.skipped = "the table path is not valid Unicode (lone surrogate)"
+            log.warning("table %s: %s; ignored", ascii(table), result.skipped)
+            return result
         routes = self.config.routes_for(table)
         if not routes:
             result.skipped = "no configured dataset listens to this table"
             return result
         mark = known if known is not None else self.watermarks.get(table)
+        reader = None
+        if mark is not None and not mark.checked:
+            reader = self.reader_for(table)
+            mark = self._check(table, reader, mark)
+            if mark is None:
+                result.skipped = "watermark moved by another instance"
+                return result
         if mark is not None and hint_version is not None and hint_version <= mark.version and not mark.error:
             result.skipped = f"version {hint_version} already handled"
             result.watermark = mark.version
             return result
-        reader = self.reader_for(table)
+        reader = reader or self.reader_for(table)
         if mark is None:
             mark = self._first_seen(table, reader, hint_version)
             if mark is None:
@@ -131,13 +144,20 @@ class Detector:
         return result
 
     def _first_seen(self, table: str, reader: LogReader, hint_version: int | None) -> Watermark | None:
-        if hint_version is not None:
-            start = hint_version - 1
-        else:
-            latest = reader.latest_version()
-            if latest is None:
-                return None
-            start = latest
+        """Where a table the app has never seen starts: decided by its log, never by the hint.
+
+        The newest commit that exists is the starting point (no replay of history). When an event
+        announced a commit that exists, that newest commit is handled too (the event says something new
+        happened); an announced version the log does not have (not written yet, forged, or bogus) moves
+        nothing, so every real commit after the newest existing one is still read, by events or the sweep.
+        """
+        latest = reader.latest_version()
+        if latest is None:
+            return None
+        start = latest - 1 if hint_version is not None and hint_version <= latest else latest
+        if hint_version is not None and hint_version > latest:
+            log.warning("table %s: an event announced version %s but the log's newest is %s; starting after %s",
+                        table, hint_version, latest, start)
         mark = Watermark(table=table, version=start)
         try:
             self.watermarks.save(mark)
@@ -145,6 +165,24 @@ class Detector:
         except tables.Conflict:
             mark = self.watermarks.get(table) or mark
         return mark
+
+    def _check(self, table: str, reader: LogReader, mark: Watermark) -> Watermark | None:
+        """Once per watermark stored by older code: one listing of the log, and if the watermark is past
+        the log's newest version (a bogus event's version), restart it there, handling the newest commit:
+        the commits the bogus watermark hid are all in the table a refresh after it reads."""
+        latest = reader.latest_version()
+        if latest is not None and mark.version > latest:
+            restart = latest - 1
+            mark.gap = (f"watermark {mark.version} was past the log's newest version {latest} (set from an event "
+                        f"for a version that did not exist); restarted after {restart}")
+            log.warning("table %s: %s", table, mark.gap)
+            mark.version = restart
+            mark.error, mark.error_version = "", None
+        mark.checked = True
+        try:
+            return self.watermarks.save(mark)
+        except tables.Conflict:
+            return self.watermarks.get(table)
 
     def _read(self, reader: LogReader, version: int, mark: Watermark) -> CommitInfo | None:
         lines = reader.open_commit(version)

@@ -6,7 +6,9 @@ key), updated only with ETag guards:
 * ``pending`` (JSON): the job waiting to run (see :class:`PendingJob`), or absent;
 * ``enqueued``: whether the job's queue message was sent (a crash between recording and sending is
   repaired by the sweep, see :meth:`DatasetStates.repair_unsent`);
-* ``running`` (JSON): the job holding the dataset's lease (refresh/worker.py);
+* ``running`` (JSON): the job holding the dataset's lease (refresh/worker.py; read here only through
+  :func:`running_of`); ``running_joins`` (JSON): who joined it since (a manual or scheduled request
+  that asks for nothing more than the running refresh joins it rather than making a follow-up);
 * ``refreshed`` (JSON ``{table: version}``) and ``last_success_at``: what the last completed
   refreshes contained (for ``schedule_skip_if_unchanged``);
 * ``starts`` (JSON list): when this app started refreshes in the last 24 h (daily limit);
@@ -14,6 +16,10 @@ key), updated only with ETag guards:
   put into a job of this dataset. It is written in the same ETag-guarded write as the job, so a
   re-run of detection after a crash never puts the same commit into a second job, even when the
   first job has already been taken by the worker.
+
+What a job holds is capped (:func:`bound`, applied whenever a job is stored): too many model tables
+widen it to the whole model; requesters and reasons beyond the caps are counted, not listed. So no
+write of a job, its copy in ``running`` or its outcome row can exceed Table Storage's limits.
 
 The queue message is sent once, when a job is created, delayed until the job is due
 (``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
@@ -23,6 +29,7 @@ remainder of the wait (refresh/worker.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -37,6 +44,21 @@ log = logging.getLogger(__name__)
 
 PK_DATASET = "dataset"
 MAX_CONFLICT_RETRIES = 20
+
+# What one job may hold. A job is stored twice in its dataset's entity (``pending``, then ``running``)
+# and its lists once more in single properties of its outcome row. Table Storage holds at most 1 MB
+# per entity and 64 KB per property, strings counted in UTF-16; what is stored is JSON with non-ASCII
+# escaped (``\\uXXXX``, 12 characters for an emoji), so budgets count characters of that text.
+MAX_JOB_MODEL_TABLES = 100
+MAX_JOB_REQUESTERS = 20
+MAX_JOB_REASONS = 20
+MAX_JOB_TRIGGERS = 10
+MAX_REASON_LENGTH = 500
+MAX_REQUESTER_LENGTH = 256
+MODEL_TABLES_BUDGET = 16_000   # stored characters (32 KB in UTF-16); over it the job widens to the whole model
+REASONS_BUDGET = 12_000
+REQUESTERS_BUDGET = 6_000
+OMITTED_NOTE = "(+{n} more requester(s) or reason(s) not listed: a job lists at most what fits its caps)"
 
 
 @dataclass
@@ -67,9 +89,11 @@ class PendingJob:
     workspace: str | None = None      # for ad-hoc (unconfigured) datasets
     dataset: str | None = None
     scheduled_for: str | None = None
+    omitted: int = 0                  # requesters/reasons not listed because of the caps
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job as stored, within the caps (:func:`bound`), whoever built or merged it."""
+        return bound(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PendingJob:
@@ -108,6 +132,76 @@ class Recorded:
     created: bool          # a new job (and a queue message) was created
     due_at: str | None = None
     earlier: bool = False  # joined a pending job and made it due earlier (a message for the new time was sent)
+    joined: str | None = None  # "pending" or "running": the job this request joined (None when created)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """What detection and requests need of the job holding a dataset's lease (``running``, written by
+    refresh/worker.py), read defensively: any field may be missing or of another shape."""
+
+    job_id: str
+    job: PendingJob | None            # None when the stored job cannot be read
+    lease_until: datetime | None
+    started_at: str | None
+    refresh_id: str | None
+
+
+def running_of(entity: Any | None) -> RunningJob | None:
+    """The dataset's running job, or None (none, or unreadable)."""
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
+        return None
+    job = None
+    if isinstance(data.get("job"), dict):
+        known = {f for f in PendingJob.__dataclass_fields__}
+        try:
+            job = PendingJob.from_dict({k: v for k, v in data["job"].items() if k in known})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            job = None
+    lease_until = None
+    if isinstance(data.get("lease_until"), str):
+        try:
+            lease_until = parse_iso(data["lease_until"])
+        except ValueError:
+            lease_until = None
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return RunningJob(job_id=data["job_id"], job=job, lease_until=lease_until, started_at=text("started_at"),
+                      refresh_id=text("refresh_id"))
+
+
+def running_joins(entity: Any | None, job_id: str) -> dict[str, Any]:
+    """Who joined the running job ``job_id`` (``running_joins``: triggers, requested_by, reasons, omitted).
+
+    Kept apart from ``running`` (which the worker rewrites from its own copy) so no join is lost.
+    """
+    try:
+        data = tables.get_json(entity, "running_joins")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("job_id") != job_id:
+        return {"job_id": job_id, "triggers": [], "requested_by": [], "reasons": [], "omitted": 0}
+    return data
+
+
+def joined_running_job(entity: Any | None) -> PendingJob | None:
+    """The running job with everyone who joined it since it was claimed (for its outcome row)."""
+    running = running_of(entity)
+    if running is None or running.job is None:
+        return None
+    job = PendingJob.from_dict(running.job.to_dict())
+    joins = running_joins(entity, running.job_id)
+    for name in ("triggers", "requested_by", "reasons"):
+        _add_unique(getattr(job, name), joins.get(name) or [])
+    job.omitted += int(joins.get("omitted") or 0)
+    return PendingJob.from_dict(job.to_dict())
 
 
 class DatasetStates:
@@ -148,6 +242,9 @@ class DatasetStates:
                     self.on_created(dataset, pending_of(updated))
                 self._send(dataset, result.job_id, result.due_at)
             else:
+                if result.joined == "running":
+                    log.info("dataset %s: %s request joined running job %s (nothing changed since it started)",
+                             dataset, change.trigger, result.job_id)
                 if result.earlier:
                     # the message already queued is for the old due time; the worker drops whichever
                     # of the two arrives after the job has started
@@ -155,7 +252,9 @@ class DatasetStates:
                     delay = (parse_iso(result.due_at) - now).total_seconds()
                     messages.send(self.queue, messages.JobMessage.new("job", dataset, result.job_id, now), delay)
                 if change.trigger != "commit" and self.on_joined is not None:
-                    self.on_joined(dataset, pending_of(updated))
+                    joined = joined_running_job(updated) if result.joined == "running" else pending_of(updated)
+                    if joined is not None:
+                        self.on_joined(dataset, joined)
             return result
         raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
 
@@ -235,6 +334,10 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
         covered[change.table] = versions[-1]
 
     job = pending_of(entity)
+    if job is None and change.table is None:
+        running = _joinable_running(entity, change, now)
+        if running is not None:
+            return _join_running(entity, running, change)
     created = job is None
     old_due = None if job is None else parse_iso(job.due_at)
     if job is None:
@@ -243,8 +346,8 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     job.last_change_at = iso(now)
     if change.trigger not in job.triggers:
         job.triggers.append(change.trigger)
-    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [], 20)
-    _add_unique(job.reasons, [change.reason] if change.reason else [], 20)
+    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [])
+    _add_unique(job.reasons, [change.reason] if change.reason else [])
     if change.refresh_type:
         job.refresh_type = change.refresh_type
     for name in ("workspace", "dataset", "scheduled_for"):
@@ -278,10 +381,96 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     if created:
         data["enqueued"] = False
     return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
-                          earlier=old_due is not None and new_due < old_due)
+                          earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
 
 
-def _add_unique(target: list[str], items: Iterable[str], cap: int) -> None:
+def _joinable_running(entity: Any | None, change: Change, now: datetime) -> RunningJob | None:
+    """The running job an explicit (manual, scheduled) request can join instead of making a follow-up.
+
+    Only when it would refresh nothing more: no pending job (any change recorded since the running job
+    was claimed, a commit of a source table included, made one), the lease is alive, the running job
+    covers the model tables asked for, and the refresh type is the same.
+    """
+    if change.trigger == "commit":
+        return None
+    running = running_of(entity)
+    if running is None or running.job is None:
+        return None
+    if running.lease_until is not None and running.lease_until <= now:
+        return None  # an instance was lost: the worker abandons this job; a new one is needed
+    job = running.job
+    if (change.refresh_type or None) != (job.refresh_type or None):
+        return None
+    covered_tables = job.objects()
+    if covered_tables is not None:  # the running job refreshes only some model tables
+        if change.model_tables is None or not set(change.model_tables) <= set(covered_tables):
+            return None
+    return running
+
+
+def _join_running(entity: Any, running: RunningJob, change: Change) -> tuple[dict, Recorded]:
+    joins = running_joins(entity, running.job_id)
+    _add_unique(joins.setdefault("triggers", []), [change.trigger])
+    _add_unique(joins.setdefault("requested_by", []), [change.requested_by] if change.requested_by else [])
+    _add_unique(joins.setdefault("reasons", []), [change.reason] if change.reason else [])
+    capped = bound({"triggers": joins["triggers"], "requested_by": joins["requested_by"],
+                    "reasons": joins["reasons"], "omitted": joins.get("omitted", 0), "whole_model": True})
+    data = dict(entity)
+    tables.put_json(data, "running_joins", {"job_id": running.job_id, "triggers": capped["triggers"],
+                                            "requested_by": capped["requested_by"], "reasons": capped["reasons"],
+                                            "omitted": capped["omitted"]})
+    due_at = running.job.due_at if running.job is not None else None
+    return data, Recorded(job_id=running.job_id, created=False, due_at=due_at, joined="running")
+
+
+def _add_unique(target: list[str], items: Iterable[str]) -> None:
     for item in items:
-        if item not in target and len(target) < cap:
+        if item not in target:
             target.append(item)
+
+
+def _stored_length(value: Any) -> int:
+    """Characters of ``value`` as JSON with non-ASCII escaped (what put_json and outcome rows store)."""
+    return len(json.dumps(value))
+
+
+def _keep(items: Iterable[Any], max_items: int, budget: int, max_length: int) -> tuple[list[str], int]:
+    """The first items (each cut to ``max_length``) that fit ``max_items`` and ``budget``; and how many not."""
+    kept: list[str] = []
+    used, dropped = 2, 0
+    for item in items:
+        text = str(item)[:max_length]
+        size = _stored_length(text) + 1
+        if len(kept) >= max_items or used + size > budget or text in kept:
+            dropped += text not in kept
+            continue
+        kept.append(text)
+        used += size
+    return kept, dropped
+
+
+def bound(data: dict[str, Any]) -> dict[str, Any]:
+    """Cap a job's lists in place (a stored job dict) so that storing it can never fail.
+
+    Model tables over :data:`MAX_JOB_MODEL_TABLES` or :data:`MODEL_TABLES_BUDGET` widen the job to the
+    whole model (a superset of what was asked). Requesters and reasons keep the first ones that fit;
+    how many were left out is counted in ``omitted`` and said in the last reason.
+    """
+    tables_ = data.get("model_tables") or []
+    if data.get("whole_model") or len(tables_) > MAX_JOB_MODEL_TABLES \
+            or _stored_length(tables_) > MODEL_TABLES_BUDGET:
+        data["whole_model"], data["model_tables"] = True, []
+    data["triggers"] = list(dict.fromkeys(data.get("triggers") or []))[:MAX_JOB_TRIGGERS]
+    omitted = int(data.get("omitted") or 0)
+    data["requested_by"], dropped = _keep(data.get("requested_by") or [], MAX_JOB_REQUESTERS,
+                                          REQUESTERS_BUDGET, MAX_REQUESTER_LENGTH)
+    omitted += dropped
+    note_prefix = OMITTED_NOTE.split("{n}")[0]
+    reasons = [r for r in data.get("reasons") or [] if not str(r).startswith(note_prefix)]
+    note_room = _stored_length(OMITTED_NOTE.format(n=10**9)) + 1
+    data["reasons"], dropped = _keep(reasons, MAX_JOB_REASONS, REASONS_BUDGET - note_room, MAX_REASON_LENGTH)
+    omitted += dropped
+    if omitted:
+        data["reasons"].append(OMITTED_NOTE.format(n=omitted))
+    data["omitted"] = omitted
+    return data

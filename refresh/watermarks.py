@@ -5,6 +5,10 @@ moved forward only with an ETag guard, so concurrent instances never both handle
 entity also keeps what an operator needs to see: the last malformed commit (``error``,
 ``error_version``, ``error_at``), the last version gap (``gap``), and the table's column-mapping
 (physical to logical partition column names).
+
+Every version a watermark takes was read from the log, so it never passes the log's newest version.
+``checked`` says so; a watermark stored before that rule (no ``checked``, perhaps set from a bogus
+event's version) is checked against the log once (refresh/detect.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Watermark:
     gap: str = ""
     column_mapping: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    checked: bool = True   # the version is known to come from the log (False: stored by older code)
 
     def to_entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {
@@ -39,6 +44,7 @@ class Watermark:
             "error": self.error,
             "error_version": -1 if self.error_version is None else self.error_version,
             "gap": self.gap,
+            "checked": self.checked,
         }
         entity.update(self.extra)
         tables.put_json(entity, "colmap", self.column_mapping)
@@ -56,6 +62,7 @@ def from_entity(entity: Any) -> Watermark:
         gap=entity.get("gap", "") or "",
         column_mapping=tables.get_json(entity, "colmap", {}) or {},
         extra={k: entity[k] for k in ("error_at",) if k in entity},
+        checked=entity.get("checked") is True,
     )
 
 

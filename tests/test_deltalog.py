@@ -529,6 +529,13 @@ def test_find_column_mapping_scans_back(tmp_path: Path) -> None:
      "metaData.schemaString is not valid JSON"),
     ([line("metaData", {"schemaString": "{}", "partitionColumns": "region"})], 1,
      "metaData.partitionColumns is not a list (got str)"),
+    # texts that are kept (logged, stored, shown) must be valid Unicode: JSON escapes can spell lone surrogates
+    ([commit_info("WRITE\ud800")], 1, "commitInfo.operation 'WRITE\\ud800' is not valid Unicode"),
+    ([commit_info(), ORDERS_EU, add("b", {"region": "eu\udc00"})], 3,
+     "partition value of 'region' is not valid Unicode"),
+    ([add("a", {"reg\ud800ion": "eu"})], 1, "partition column name 'reg\\ud800ion' is not valid Unicode"),
+    ([metadata(["region"], {"region": "col-\udfff"})], 1, "metaData column name 'col-\\udfff' is not valid"),
+    ([b'{"commitInfo": {"operation": "\\ud83d"}}'], 1, "commitInfo.operation '\\ud83d' is not valid Unicode"),
 ])
 def test_malformed_commits(lines: list[bytes], line_no: int, reason: str) -> None:
     with pytest.raises(MalformedCommit) as caught:
@@ -538,6 +545,14 @@ def test_malformed_commits(lines: list[bytes], line_no: int, reason: str) -> Non
     assert (error.table, error.version, error.line) == ("sales/fact_orders", 12, line_no)
     assert error.reason.startswith(reason)
     assert str(error).startswith(f"sales/fact_orders version 12 line {line_no}: {reason}")
+
+
+def test_surrogate_pairs_and_non_ascii_texts_are_valid() -> None:
+    info = classify([commit_info("MERGE \U0001F600 \u00e9"), add("a", {"r\u00e9gion": "\U0001F600"})])
+    assert info.operation == "MERGE \U0001F600 \u00e9"
+    assert info.partitions_as_dicts() == [{"r\u00e9gion": "\U0001F600"}]
+    raw = b'{"commitInfo": {"operation": "\\ud83d\\ude00"}}'  # an escaped pair is one character
+    assert classify([raw]).operation == "\U0001F600"
 
 
 def test_malformed_line_numbers_count_blank_lines_and_chunks() -> None:

@@ -403,3 +403,115 @@ def test_partitioned_table_with_schema_change_and_checkpoint_in_azurite(lake, ca
     assert job.sources[table].last_version == v1 and job.model_tables == ["Ops"]
     detected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("commit detected")]
     assert len(detected) == 1 and "partitions=region=us" in detected[0] and "datasets=ops" in detected[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# first sight comes from the log; a hinted version is only a hint (issue 9, items 9 and 13)
+
+
+def test_first_sight_event_for_a_version_not_written_yet_loses_no_commit(lake):
+    table = "sales/fact_orders"
+    assert lake.write(table, {"id": [0], "amount": [1.0]}) == 0
+    assert lake.write(table, {"id": [1], "amount": [1.0]}) == 1
+    lake.created(table, 5)  # early (or reordered) event: version 5 does not exist yet
+    assert lake.watermark(table).version == 1  # the log's newest, not "just before 5"
+    assert lake.pending("sales") is None  # nothing announced exists: nothing to refresh yet
+    for i in range(2, 6):
+        assert lake.write(table, {"id": [i], "amount": [1.0]}) == i
+    lake.created(table, 3)  # the event of an earlier version, after the one of version 5
+    lake.sweep()
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (2, 5, 4)
+    assert lake.watermark(table).version == 5
+
+
+def test_first_sight_event_for_an_old_version_does_not_replay_history(lake):
+    table = "sales/fact_orders"
+    for i in range(4):
+        lake.write(table, {"id": [i], "amount": [1.0]})
+    lake.created(table, 0)  # a late event of the table's first commit
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (3, 3, 1)  # only the newest commit
+    assert lake.watermark(table).version == 3
+
+
+@pytest.mark.parametrize("deliver", ["event", "blob_trigger"])
+def test_bogus_version_cannot_silence_an_unseen_table(lake, deliver):
+    table = "sales/fact_orders"
+    lake.write(table, {"id": [0], "amount": [1.0]})
+    if deliver == "event":
+        lake.created(table, 2147483647)
+    else:
+        lake.blob_trigger(table, 2147483647)
+    assert lake.watermark(table).version == 0
+    assert lake.pending("sales") is None and lake.queued() == 0
+    v1 = lake.write(table, {"id": [1], "amount": [1.0]})
+    lake.blob_trigger(table, v1)
+    assert lake.pending("sales").sources[table].last_version == v1
+    v2 = lake.write(table, {"id": [2], "amount": [1.0]})
+    lake.sweep()  # the safety net sees it too
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (v1, v2, 2)
+
+
+def test_bogus_version_for_a_seen_table_is_read_up_to_what_exists(lake):
+    table = "sales/fact_orders"
+    lake.write(table, {"id": [0], "amount": [1.0]})
+    lake.sweep()
+    v1 = lake.write(table, {"id": [1], "amount": [1.0]})
+    for bogus in (2147483647, 10**20 - 1):
+        lake.created(table, bogus)
+        mark = lake.watermark(table)
+        assert mark.version == v1 and mark.gap == "" and mark.error == ""
+    v2 = lake.write(table, {"id": [2], "amount": [1.0]})
+    lake.created(table, v2)
+    src = lake.pending("sales").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (v1, v2, 2)
+
+
+def test_lone_surrogates_in_a_commit_are_malformed_and_others_carry_on(lake):
+    table, other = "sales/fact_orders", "sales/dim_store"
+    lake.write(table, {"id": [0], "region": ["eu"]}, partition_by=["region"])
+    lake.write(other, {"id": [0]})
+    lake.sweep()
+    # version 1: a writer put a JSON "\udc00" escape into a partition value (no delta-rs writer can)
+    lake.put_raw(table, 1, [info(), add_line("a", pv={"region": "eu"}), add_line("b", pv={"region": "x\udc00"})])
+    lake.write(other, {"id": [1]})
+    lake.sweep()
+    mark = lake.watermark(table)
+    assert (mark.version, mark.error_version) == (0, 1)
+    assert mark.error.startswith(f"{table} version 1 line 3: partition value of 'region' is not valid Unicode")
+    mark.error.encode("utf-8")  # what is stored is readable
+    assert lake.pending("sales").sources == {other: lake.pending("sales").sources[other]}
+    lake.put_raw(table, 1, [info(), add_line("a", pv={"region": "eu"})])  # repaired: read again
+    lake.sweep()
+    assert lake.watermark(table).error == "" and lake.pending("sales").sources[table].last_version == 1
+
+
+def test_table_path_with_a_lone_surrogate_is_ignored(lake):
+    event = ev.blob_created(lake.base, lake.container, "ops/xQy/_delta_log/00000000000000000000.json")
+    event["subject"] = event["subject"].replace("xQy", "x\ud800y")  # a "\ud800" escape in the event's JSON
+    event["data"]["url"] = event["data"]["url"].replace("xQy", "x\ud800y")
+    lake.event(event)  # no exception, nothing stored
+    assert lake.app.watermarks.all()[0] == {}
+    assert lake.pending("ops") is None
+
+
+def test_the_sweep_repairs_a_watermark_an_older_version_set_past_the_log(lake):
+    good, bad = "sales/dim_store", "sales/fact_orders"
+    for table in (good, bad):
+        lake.write(table, {"id": [0]})
+        lake.write(table, {"id": [1]})
+    for table, version in ((good, 1), (bad, 2147483646)):  # as stored before watermarks were checked
+        tables.write(lake.app.state_table, {"PartitionKey": "watermark", "RowKey": tables.row_key(table),
+                                            "table": table, "version": version, "error": "", "error_version": -1,
+                                            "gap": "", "colmap_n": 1, "colmap_0": "{}"}, None)
+    lake.sweep()
+    mark = lake.watermark(bad)
+    assert mark.version == 1 and mark.checked and "2147483646" in mark.gap
+    assert lake.pending("sales").sources == {bad: lake.pending("sales").sources[bad]}  # the newest commit
+    assert lake.pending("sales").sources[bad].last_version == 1
+    assert lake.watermark(good).version == 1 and lake.watermark(good).checked and lake.watermark(good).gap == ""
+    v2 = lake.write(bad, {"id": [2]})
+    lake.blob_trigger(bad, v2)  # events reach it again
+    assert lake.pending("sales").sources[bad].last_version == v2
