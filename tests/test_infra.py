@@ -1495,3 +1495,118 @@ def test_readme_walkthrough_names_every_parameter_of_main_bicep():
     table = readme[readme.index("#### Every parameter of `infra/main.bicep`"):]
     assert names and all(f"| `{name}` |" in table for name in names), \
         [n for n in names if f"| `{n}` |" not in table]
+
+
+# ================================================================================================
+# The deployment package: .funcignore leaves out everything that is not runtime code
+# ================================================================================================
+
+def _funcignore_patterns() -> list[str]:
+    lines = (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "negations are not used (keep the list simple)"
+    return patterns
+
+
+def funcignored(path: str, patterns: list[str]) -> bool:
+    """gitignore semantics (what Core Tools and azd apply to .funcignore) for the forms used here:
+    `dir/`, `/anchored`, `a/b` (anchored), and globs on one path segment."""
+    import fnmatch
+
+    parts = path.split("/")
+    for pattern in patterns:
+        dir_only = pattern.endswith("/")
+        core = pattern.strip("/")
+        anchored = pattern.startswith("/") or "/" in core
+        for i in range(len(parts)):
+            if dir_only and i == len(parts) - 1:
+                continue  # a file is not a directory
+            target = "/".join(parts[: i + 1]) if anchored else parts[i]
+            if fnmatch.fnmatchcase(target, core):
+                return True
+    return False
+
+
+def deployment_package() -> list[str]:
+    """The repo files (plus local state a developer has, e.g. .local/) that a deploy would ship."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files += [".local/demo/refresh-config.json", ".local/state/azurite/blob.json", ".env",
+              ".venv/lib/python3.11/site-packages/x.py", "refresh/__pycache__/app.cpython-311.pyc"]
+    patterns = _funcignore_patterns()
+    return sorted(f for f in files if not funcignored(f, patterns))
+
+
+def _distribution_of(module: str) -> str | None:
+    """The installed distribution that provides ``module`` (namespace packages such as azure.*
+    resolved by file), canonical name."""
+    from importlib.metadata import distribution, packages_distributions
+
+    candidates = packages_distributions().get(module.split(".")[0], [])
+    rel = module.replace(".", "/")
+    for parts in (rel.split("/")[:n] for n in range(len(rel.split("/")), 0, -1)):
+        stem = "/".join(parts)
+        for name in candidates:
+            files = {str(f) for f in distribution(name).files or []}
+            if f"{stem}/__init__.py" in files or f"{stem}.py" in files:
+                return re.sub(r"[-_.]+", "-", name).lower()
+    return None
+
+
+def test_deployment_package_holds_runtime_code_only():
+    shipped = deployment_package()
+    for required in ("function_app.py", "host.json", "requirements.txt", "refresh-config.json",
+                     "refresh/__init__.py", "refresh/app.py", "refresh/powerbi/client.py"):
+        assert required in shipped, f"{required} is not deployed"
+    for path in shipped:
+        assert not path.startswith((".local/", ".venv/", "tests/", "infra/", "scripts/", "docs/", "benchmarks/",
+                                    "refresh/local/", "refresh/testing/", ".github/")), path
+        assert path not in ("requirements-dev.txt", "refresh/powerbi/simulator.py", "refresh/powerbi/swagger.py",
+                            ".env", "local.settings.sample.json", "pyproject.toml", "azure.yaml"), path
+        assert not path.endswith(".pyc"), path
+
+
+def test_deployed_modules_import_only_the_runtime_lock_and_each_other():
+    """Every import in a shipped module (module level or inside a function) resolves to the standard
+    library, another shipped module, or a distribution in the runtime lock requirements.txt, except
+    the dev-only CLI commands named below, which only ``python -m refresh`` reaches."""
+    shipped = set(deployment_package())
+    lock = set(re.findall(r"^([A-Za-z0-9_.\-]+)==", (ROOT / "requirements.txt").read_text(), re.M))
+    lock = {re.sub(r"[-_.]+", "-", n).lower() for n in lock}
+    # `python -m refresh local` (refresh/__main__.py) is a developer command; the package leaves
+    # refresh/local/ out, and nothing a function runs imports it.
+    dev_only_lazy = {("refresh/__main__.py", "refresh.local.cli")}
+    problems = []
+    for path in sorted(p for p in shipped if p.endswith(".py")):
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        package = path.rsplit("/", 1)[0].replace("/", ".") if "/" in path else ""
+        if path.endswith("__init__.py"):
+            package = path[: -len("/__init__.py")].replace("/", ".")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [(a.name, True) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    module = ".".join(parts[: len(parts) - node.level + 1] + ([module] if module else []))
+                names = [(module, True)] + [(f"{module}.{a.name}", False) for a in node.names]
+            else:
+                continue
+            for name, is_module in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if top in ("refresh", "function_app"):
+                    local = _local_module(name)
+                    if local is None:
+                        continue  # a name imported from a module, not a module
+                    rel = str(local.relative_to(ROOT))
+                    if rel not in shipped and (path, name) not in dev_only_lazy:
+                        problems.append(f"{path} imports {name}, which is not deployed")
+                    continue
+                if not is_module:
+                    continue  # `from pkg import attr`: pkg was checked
+                dist = _distribution_of(name)
+                if dist is None or dist not in lock:
+                    problems.append(f"{path} imports {name} ({dist or 'not installed'}), not in requirements.txt")
+    assert not problems, "\n".join(problems)
