@@ -13,7 +13,6 @@ param storageAccountName string
 param deploymentContainerName string
 param applicationInsightsName string
 param lakeBlobServiceUri string
-param lakeQueueServiceUri string
 param goldContainerName string
 param refreshQueueName string
 param stateTableName string
@@ -149,8 +148,13 @@ var hostStorageAppSettings = [
   }
 ]
 
-// The lake (LAKE_STORAGE): blob to read _delta_log/; queue because the blob trigger puts poison
-// messages (webjobs-blobtrigger-poison) in the queue service of the account it watches.
+// The lake (LAKE_STORAGE): blob, to read _delta_log/ (the gold container only, read only).
+// The queue service of this connection is the APP storage account's, on purpose: the blob trigger
+// binding needs one (identity connections of a blob trigger need both service URIs), and all it does
+// with it is put a commit whose function failed maxDequeueCount times on `webjobs-blobtrigger-poison`
+// there (WebJobs blob extension, SharedBlobQueueListenerFactory: the poison queue of the triggering
+// blob's connection; no blob receipts with the Event Grid source). So nothing is created in the
+// customer's lake and the app holds no queue role on it.
 var lakeStorageAppSettings = [
   {
     name: 'LAKE_STORAGE__blobServiceUri'
@@ -158,7 +162,7 @@ var lakeStorageAppSettings = [
   }
   {
     name: 'LAKE_STORAGE__queueServiceUri'
-    value: lakeQueueServiceUri
+    value: storage.properties.primaryEndpoints.queue
   }
   {
     name: 'LAKE_STORAGE__credential'
