@@ -1364,7 +1364,8 @@ def test_azure_yaml_shape():
     assert (ROOT / spec["infra"]["path"] / f"{spec['infra']['module']}.bicep").is_file()
     assert len(spec["services"]) == 1
     (service_name, service), = spec["services"].items()
-    assert service == {"project": ".", "language": "python", "host": "function"}
+    # remoteBuild: the Flex build service installs requirements.txt (the hashed lock) on Linux.
+    assert service == {"project": ".", "language": "python", "host": "function", "remoteBuild": True}
     tags = entry(body_object(bicep(FUNCTION_BICEP).resources()["functionApp"].value), "tags")
     assert source_of(tags) == "union(tags, obj)"
     assert literal(tags.b[1]) == {"azd-service-name": service_name}
@@ -1404,6 +1405,24 @@ def test_ci_workflow_runs_the_project_tests():
     assert re.search(r"^on:\n  pull_request:\n  push:\n    branches: \[main\]", ci, re.M)
     assert 'python-version: "3.11"' in ci and 'node-version: "20"' in ci
     assert "run: ./scripts/test.sh" in ci
+
+
+def test_ci_deploy_identity_roles_cover_what_the_deploy_path_touches():
+    """`azd deploy` runs the postdeploy hook: eventgrid.bicep reads the lake account (an `existing`
+    reference with properties, i.e. Microsoft.Storage/storageAccounts/read), lists the host keys in
+    the app group and deploys into the topic's group. The documented least roles cover each."""
+    eg = bicep(INFRA / "eventgrid.bicep")
+    lake = eg.resources()["lakeAccount"]
+    assert lake.existing and source_of(entry(lake.value, "scope")) == "resourceGroup(lakeResourceGroupName)"
+    params = dict(entry(body_object(eg.modules()["subscriptions"].value), "params").a)
+    assert any("lakeAccount.properties" in source_of(v) for v in params.values())
+    readme = DOCS.read_text(encoding="utf-8")
+    ci = readme[readme.index("### CI/CD"):readme.index("### Static checks")]
+    for role, scope in (("**Contributor**", "app resource group"), ("**EventGrid Contributor**", "resource group"),
+                        ("**Reader**", "lake storage account")):
+        assert re.search(re.escape(role) + r"[^*]*" + re.escape(scope), ci), (role, scope)
+    deploy = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert "Reader on the lake storage account" in deploy
 
 
 def test_deploy_workflow_uses_oidc_and_no_stored_secrets():
