@@ -8,8 +8,8 @@
 #   AZURE_RESOURCE_GROUP=<rg> MAIN_DEPLOYMENT_NAME=<name> ./infra/scripts/postprovision.sh
 # Needs the Azure CLI, logged in, with: Reader on the lake account, the right to create role
 # assignments on the gold container (Owner, User Access Administrator or Role Based Access Control
-# Administrator), and, when it creates the lake's system topic, EventGrid Contributor on the lake
-# resource group (README: Before you start).
+# Administrator), and EventGrid Contributor on the lake resource group (the nested deployment, and
+# the system topic unless one is reused) (README: Before you start).
 #
 # Lake checks (errors stop the deployment; warnings do not):
 #   * the account is readable and the gold container exists (error otherwise);
