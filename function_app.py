@@ -5,24 +5,29 @@ function; configuration problems surface on first use with a message naming the 
 """
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 
 from refresh import functions
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
+# BlobCreated of a commit (delta-rs and other PUT-style writers; the Event Grid subscription
+# <app>-commit-created). SDK type binding (azurefunctions-extensions-bindings-blob): the function gets
+# an azure.storage.blob.BlobClient for the commit, so nothing is downloaded; the code needs its name only.
 @app.function_name("on_delta_commit")
 @app.blob_trigger(arg_name="blob", path="%GOLD_CONTAINER%/{name}", connection="LAKE_STORAGE",
                   source=func.BlobSource.EVENT_GRID)
-def on_delta_commit(blob: func.InputStream) -> None:
-    """A blob was created in the gold container (delta-rs and other PUT-style writers)."""
+def on_delta_commit(blob: blob.BlobClient) -> None:
+    """A commit blob was created in the gold container."""
     functions.on_delta_commit(blob)
 
 
+# BlobRenamed of a commit (Spark and Databricks commit by renaming; the subscription <app>-commit-renamed).
 @app.function_name("on_lake_event")
 @app.event_grid_trigger(arg_name="event")
 def on_lake_event(event: func.EventGridEvent) -> None:
-    """BlobCreated / BlobRenamed from the lake (Spark and Databricks commit by renaming)."""
+    """BlobRenamed from the lake (BlobCreated, if ever delivered here, is handled the same way)."""
     functions.on_lake_event(event)
 
 

@@ -1,11 +1,13 @@
-// Step 2 of 2: the Event Grid subscriptions from the lake's system topic to the app's webhooks.
+// Step 3 of 3: the Event Grid subscriptions from the lake's system topic to the app's webhooks.
 // Run it AFTER the code is deployed (azd runs it from the postdeploy hook, infra/scripts/postdeploy.*;
 // the plain az path is in the README (Deploying to Azure)): Event Grid validates each webhook when the
 // subscription is created, and the host's system keys `blobs_extension` and `eventgrid_extension`
 // exist only once the host has loaded a blob trigger and an Event Grid trigger.
 //
-// Deployed to the APP's resource group (it reads the host keys there); the subscriptions themselves
-// are created by a module in the system topic's resource group. The keys travel as @secure module
+// Deployed to the APP's resource group (it reads the host keys there), as its own deployment, never
+// by main.bicep; the subscriptions themselves are created by a module in the system topic's resource
+// group, named after the app (one pair per environment). Remove them with
+// infra/scripts/remove-lake-side.sh. Reads the lake account's endpoints (Reader on the account). The keys travel as @secure module
 // parameters, so they are not kept in the deployment history; nothing here outputs them.
 
 targetScope = 'resourceGroup'
@@ -63,10 +65,12 @@ resource lakeAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 }
 
 module subscriptions 'app/lake-subscriptions.bicep' = {
-  name: 'lake-event-subscriptions'
+  // One nested deployment record per environment in the topic's resource group.
+  name: 'event-subscriptions-${take(functionAppName, 44)}'
   scope: resourceGroup(systemTopicResourceGroupName)
   params: {
     systemTopicName: systemTopicName
+    functionAppName: functionAppName
     functionAppHostName: functionApp.properties.defaultHostName
     blobsExtensionKey: listKeys(functionHost.id, '2024-04-01').systemKeys.blobs_extension
     eventGridExtensionKey: listKeys(functionHost.id, '2024-04-01').systemKeys.eventgrid_extension

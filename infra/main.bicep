@@ -1,10 +1,16 @@
 // Power BI Delta refresh: Flex Consumption Function App (Python 3.11) and everything it needs, in one
 // (empty) resource group, wired to an EXISTING ADLS Gen2 lake in another resource group.
 //
-// Step 1 of 2. This template creates the app, its storage, monitoring, identity and role assignments,
-// the lake role assignments and (unless one is reused) the lake's Event Grid system topic.
-// Step 2, infra/eventgrid.bicep, creates the event subscriptions. It must run after the code is
-// deployed, because it needs the host's system keys (azd runs it from the postdeploy hook).
+// This template deploys NOTHING outside the app's resource group (tests/test_infra.py checks it):
+// azd deletes whole resource groups of what its deployment created, so nothing of the azd-managed
+// deployment may live in the customer's lake resource group. It only READS the lake account (its
+// blob endpoint, through an `existing` reference). The lake side is applied by separate deployments
+// that `azd down` never sees, and removed by an explicit command:
+//   * infra/lake-access.bicep (postprovision hook): the app's read role on the gold container, the
+//     lake's Event Grid system topic (unless one is reused) and its dead-letter role;
+//   * infra/eventgrid.bicep (postdeploy hook): the event subscriptions, which need the host's system
+//     keys and so the deployed code;
+//   * infra/scripts/remove-lake-side.sh removes both (README: Removing the app).
 //
 // Plain resource declarations only (no registry modules), so the template can be read and scanned
 // offline. Deploy with `azd up`, or `az deployment group create -g <rg> -f infra/main.bicep ...`
@@ -134,6 +140,9 @@ var storageAccountName = '${abbrs.storageStorageAccounts}${resourceToken}'
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'
 var deadLetterContainerName = 'eventgrid-deadletter'
 var createSystemTopic = empty(lakeSystemTopicName)
+// An account has one system topic; the one infra/lake-access.bicep creates has this fixed name, so a
+// second environment on the same lake reuses it.
+var systemTopicName = createSystemTopic ? '${lakeStorageAccountName}-events' : lakeSystemTopicName
 var useServicePrincipal = !empty(powerBiClientSecret)
 
 // ---------------------------------------------------------------------------------------------
@@ -191,6 +200,8 @@ module keyVault 'app/keyvault.bicep' = if (useServicePrincipal) {
   }
 }
 
+// Read only (an `existing` reference deploys nothing): the lake's blob endpoint for LAKE_STORAGE.
+// Needs Microsoft.Storage/storageAccounts/read on the lake account (Reader).
 resource lakeAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: lakeStorageAccountName
   scope: resourceGroup(lakeResourceGroupName)
@@ -209,7 +220,6 @@ module functionApp 'app/function.bicep' = {
     deploymentContainerName: deploymentContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     lakeBlobServiceUri: lakeAccount.properties.primaryEndpoints.blob
-    lakeQueueServiceUri: lakeAccount.properties.primaryEndpoints.queue
     goldContainerName: goldContainerName
     refreshQueueName: refreshQueueName
     stateTableName: stateTableName
@@ -228,12 +238,11 @@ module functionApp 'app/function.bicep' = {
   }
   dependsOn: [
     rbac
-    lake
   ]
 }
 
 // ---------------------------------------------------------------------------------------------
-// Role assignments and the lake side
+// Role assignments in the app resource group (the lake's are in infra/lake-access.bicep)
 // ---------------------------------------------------------------------------------------------
 
 module rbac 'app/rbac.bicep' = {
@@ -243,26 +252,12 @@ module rbac 'app/rbac.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     identityPrincipalId: identity.properties.principalId
     developerPrincipalId: developerPrincipalId
-    deadLetterContainerName: deadLetterContainerName
-    deadLetterWriterPrincipalId: lake.outputs.createdSystemTopicPrincipalId
-  }
-}
-
-module lake 'app/lake.bicep' = {
-  name: 'lake-access'
-  scope: resourceGroup(lakeResourceGroupName)
-  params: {
-    lakeStorageAccountName: lakeStorageAccountName
-    goldContainerName: goldContainerName
-    identityPrincipalId: identity.properties.principalId
-    createSystemTopic: createSystemTopic
-    systemTopicName: createSystemTopic ? '${lakeStorageAccountName}-events' : lakeSystemTopicName
-    tags: tags
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outputs (azd stores them in the environment; the postdeploy hook reads them). No secrets.
+// Outputs (azd stores them in the environment; the postprovision and postdeploy hooks and
+// remove-lake-side.sh read them). No secrets.
 // ---------------------------------------------------------------------------------------------
 
 output AZURE_LOCATION string = location
@@ -275,7 +270,9 @@ output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.properties.principalId
 output GOLD_CONTAINER string = goldContainerName
 output LAKE_STORAGE_ACCOUNT_NAME string = lakeStorageAccountName
 output LAKE_RESOURCE_GROUP string = lakeResourceGroupName
-output LAKE_SYSTEM_TOPIC_NAME string = lake.outputs.systemTopicName
+output LAKE_SYSTEM_TOPIC_NAME string = systemTopicName
+// true: infra/lake-access.bicep creates (or keeps) the topic `<lake account>-events`.
+output LAKE_SYSTEM_TOPIC_CREATE bool = createSystemTopic
 output LAKE_SYSTEM_TOPIC_RESOURCE_GROUP string = createSystemTopic ? lakeResourceGroupName : (empty(lakeSystemTopicResourceGroupName) ? lakeResourceGroupName : lakeSystemTopicResourceGroupName)
 // Dead-lettering needs the system topic's own identity with a role on the container; the template
 // can only arrange that for a topic it creates. Empty: the subscriptions get no dead-letter target.

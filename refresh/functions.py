@@ -13,18 +13,40 @@ from .app import get_app
 log = logging.getLogger(__name__)
 
 
+# Event Grid waits 30 s for the webhook's answer, then redelivers. The Functions host answers when
+# on_lake_event returns, and its own overhead (a cold start included) comes on top: the detection
+# inside the call gets at most this long for all of its storage calls (connections.budget).
+EVENT_GRID_BUDGET_SECONDS = 15.0
+
+
+def _blob_path(blob: Any) -> str:
+    """``<container>/<blob name>`` of what the blob trigger passed: an ``azure.storage.blob.BlobClient``
+    (the SDK-type binding, azurefunctions-extensions-bindings-blob), or an ``InputStream`` (``.name``)."""
+    container, name = getattr(blob, "container_name", None), getattr(blob, "blob_name", None)
+    if isinstance(container, str) and isinstance(name, str):
+        return f"{container}/{name}"
+    return getattr(blob, "name", None) or ""
+
+
 def on_delta_commit(blob: Any) -> None:
-    """Blob trigger: a blob appeared under the gold container."""
+    """Blob trigger (BlobCreated of a commit): only the blob's name is used; nothing is downloaded."""
     app = get_app()
-    hint = events.hint_from_blob_path(blob.name or "", app.settings.gold_container)
+    path = _blob_path(blob)
+    hint = events.hint_from_blob_path(path, app.settings.gold_container)
     if hint is None:
-        log.info("blob %s is not a Delta commit; ignored", _shown(blob.name))
+        log.info("blob %s is not a Delta commit; ignored", _shown(path))
         return
     app.detector.process(hint.table, hint.version)
 
 
 def on_lake_event(event: Any) -> None:
-    """Event Grid trigger: BlobCreated / BlobRenamed on the lake account."""
+    """Event Grid trigger (BlobRenamed of a commit), answered within Event Grid's 30 s.
+
+    The detection runs inside the webhook call under a storage budget: if storage is too slow to
+    finish it in EVENT_GRID_BUDGET_SECONDS, the call fails fast and Event Grid redelivers the event
+    later (the detection is idempotent, and the timer sweep would find the commit anyway)."""
+    from . import connections
+
     app = get_app()
     try:
         data = event.get_json()
@@ -36,7 +58,13 @@ def on_lake_event(event: Any) -> None:
         log.info("event %s ignored: %s", _shown(getattr(event, "id", None)),
                  events.ignored_because(event_type, subject, data, app.settings.gold_container))
         return
-    app.detector.process(hint.table, hint.version)
+    try:
+        with connections.budget(EVENT_GRID_BUDGET_SECONDS, f"event {_shown(getattr(event, 'id', None))}"):
+            app.detector.process(hint.table, hint.version)
+    except connections.BudgetExceeded as exc:
+        log.warning("event %s: %s v%s not processed in time (%s); Event Grid will redeliver it",
+                    _shown(getattr(event, "id", None)), hint.table, hint.version, exc)
+        raise
 
 
 def _shown(value: Any) -> str:

@@ -490,6 +490,24 @@ def source_of(node: Node) -> str:
     return node.kind
 
 
+def _unique_string(*parts: str) -> str:
+    """A stand-in for Bicep's uniqueString(): deterministic, 13 lowercase characters, different for
+    different inputs (the real one is a 64-bit hash; only those properties matter on paper)."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256("|".join(parts).encode()).digest()
+    return base64.b32encode(digest).decode().lower()[:13]
+
+
+_FUNCTIONS = {
+    "take": lambda file, value, n: value[:n],
+    "toLower": lambda file, value: value.lower(),
+    "uniqueString": lambda file, *parts: _unique_string(*parts),
+    "loadJsonContent": lambda file, path: json.loads((file.path.parent / path).read_text(encoding="utf-8")),
+}
+
+
 def evaluate(node: Node, env: dict[str, Any], file: BicepFile) -> Any:
     """Evaluate literals, references (env first, then the file's vars), interpolation, ternaries
     on evaluable conditions and ``empty()``; anything else is an error."""
@@ -518,6 +536,14 @@ def evaluate(node: Node, env: dict[str, Any], file: BicepFile) -> Any:
         return not evaluate(node.b, env, file)
     if kind == "call" and node.a.kind == "ref" and node.a.a == "empty":
         return not evaluate(node.b[0], env, file)
+    if kind == "call" and node.a.kind == "ref" and node.a.a in _FUNCTIONS:
+        return _FUNCTIONS[node.a.a](file, *[evaluate(arg, env, file) for arg in node.b])
+    if kind == "call" and node.a.kind == "ref" and f"{node.a.a}()" in env:  # resourceGroup(), subscription()
+        return env[f"{node.a.a}()"]
+    if kind == "member":
+        base = evaluate(node.a, env, file)
+        assert isinstance(base, dict) and node.b in base, f"cannot evaluate {source_of(node)} in {file.path.name}"
+        return base[node.b]
     raise AssertionError(f"cannot evaluate {source_of(node)} in {file.path.name}")
 
 
@@ -792,10 +818,13 @@ def test_service_uris_come_from_the_accounts_own_endpoints():
         assert source_of(value) == f"storage.properties.primaryEndpoints.{service}"
     main = bicep(INFRA / "main.bicep")
     params = dict(entry(body_object(main.modules()["functionApp"].value), "params").a)
-    for service in ("blob", "queue"):
-        value = settings[f"{LAKE_STORAGE}__{service}ServiceUri"][0].value
-        assert value.kind == "ref"
-        assert source_of(params[value.a]) == f"lakeAccount.properties.primaryEndpoints.{service}"
+    value = settings[f"{LAKE_STORAGE}__blobServiceUri"][0].value
+    assert value.kind == "ref"
+    assert source_of(params[value.a]) == "lakeAccount.properties.primaryEndpoints.blob"
+    # The blob trigger's connection needs a queue service, used only for its poison queue: the APP
+    # storage account's, so nothing is created in the lake and the app holds no queue role there.
+    queue = settings[f"{LAKE_STORAGE}__queueServiceUri"][0].value
+    assert source_of(queue) == "storage.properties.primaryEndpoints.queue"
     lake = main.resources()["lakeAccount"]
     assert lake.existing and lake.type.startswith("Microsoft.Storage/storageAccounts@")
     assert source_of(entry(lake.value, "scope")) == "resourceGroup(lakeResourceGroupName)"
@@ -845,6 +874,12 @@ def test_power_bi_identity_settings():
 # Security properties of the resources
 # ================================================================================================
 
+# siteConfig properties Microsoft's Flex Consumption samples set (besides appSettings): none; the
+# template adds minTlsVersion, which Flex documents. Anything else risks ARM error 51021 ("site
+# configuration properties ... for Flex Consumption sites is invalid") in regions that enforce the list.
+FLEX_SITE_CONFIG = {"minTlsVersion", "appSettings"}
+
+
 def test_function_app_is_flex_python_311_https_only_without_ftp():
     fb = bicep(FUNCTION_BICEP)
     plan = body_object(fb.resources()["plan"].value)
@@ -857,16 +892,18 @@ def test_function_app_is_flex_python_311_https_only_without_ftp():
     assert literal(entry(props, "httpsOnly")) is True
     config = entry(props, "siteConfig")
     assert literal(entry(config, "minTlsVersion")) == "1.2"
-    assert literal(entry(config, "scmMinTlsVersion")) == "1.2"
-    assert literal(entry(config, "ftpsState")) == "Disabled"
-    assert literal(entry(config, "remoteDebuggingEnabled")) is False
+    assert {k for k, _ in config.a} <= FLEX_SITE_CONFIG, \
+        f"siteConfig properties Flex Consumption may reject: {sorted({k for k, _ in config.a} - FLEX_SITE_CONFIG)}"
     assert literal(entry(props, "functionAppConfig", "runtime")) == {"name": "python", "version": "3.11"}
     deployment = entry(props, "functionAppConfig", "deployment", "storage")
     assert literal(entry(deployment, "type")) == "blobContainer"
     assert literal(entry(deployment, "authentication", "type")) == "UserAssignedIdentity"
     policies = {literal(entry(body_object(r.value), "name")): literal(entry(body_object(r.value), "properties"))
                 for r in fb.resources().values() if "basicPublishingCredentialsPolicies" in r.type}
-    assert policies == {"ftp": {"allow": False}, "scm": {"allow": False}}
+    # Flex has no FTP endpoint: only the scm (zip deploy) basic-auth policy is set.
+    assert policies == {"scm": {"allow": False}}
+    # The FTP check is skipped with a reason instead of setting ftpsState.
+    assert re.search(r"//checkov:skip=CKV_AZURE_78:.*Flex", fb.path.read_text(encoding="utf-8"))
 
 
 def test_app_storage_is_identity_only():
@@ -879,7 +916,7 @@ def test_app_storage_is_identity_only():
     # The job queue, its poison queue (the on_refresh_poison trigger) and the tables exist.
     names = {source_of(entry(body_object(r.value), "name")) for r in sb.resources().values()
              if r.type.startswith("Microsoft.Storage/storageAccounts/queueServices/queues@")}
-    assert names == {"refreshQueueName", "'${refreshQueueName}-poison'"}
+    assert names == {"refreshQueueName", "'${refreshQueueName}-poison'", "'webjobs-blobtrigger-poison'"}
 
 
 _ROLE_IDS = {
@@ -918,29 +955,73 @@ def _role_assignments() -> list[tuple[str, str, str, str]]:
 def test_role_assignments_are_least_privilege_and_documented():
     assignments = set(_role_assignments())
     identity = "identityPrincipalId"
-    assert ("lake.bicep", "Storage Blob Data Reader", "goldContainer", identity) in assignments
-    assert ("lake.bicep", "Storage Queue Data Contributor", "poisonQueue", identity) in assignments
     lake_roles = {a for a in assignments if a[0] == "lake.bicep"}
-    assert len(lake_roles) == 2, "the lake gets exactly the two scoped roles"
+    # The lake gets exactly one role: read on the gold container. No queue, no queue role.
+    assert lake_roles == {("lake.bicep", "Storage Blob Data Reader", "goldContainer", identity)}
     for role in ("Storage Blob Data Owner", "Storage Queue Data Contributor", "Storage Table Data Contributor"):
         assert ("rbac.bicep", role, "storage", identity) in assignments
     assert ("rbac.bicep", "Monitoring Metrics Publisher", "applicationInsights", identity) in assignments
     assert ("keyvault.bicep", "Key Vault Secrets User", "secret", "secretReaderPrincipalId") in assignments
+    assert ("deadletter.bicep", "Storage Blob Data Contributor", "deadLetterContainer",
+            "deadLetterWriterPrincipalId") in assignments
 
     lake = bicep(INFRA / "app" / "lake.bicep").resources()
     assert lake["goldContainer"].existing
     assert lake["goldContainer"].type.startswith("Microsoft.Storage/storageAccounts/blobServices/containers@")
-    assert lake["poisonQueue"].type.startswith("Microsoft.Storage/storageAccounts/queueServices/queues@")
-    poison_name = entry(body_object(lake["poisonQueue"].value), "name")
-    assert evaluate(poison_name, {}, bicep(INFRA / "app" / "lake.bicep")) == "webjobs-blobtrigger-poison"
-    main = bicep(INFRA / "main.bicep")
-    lake_module = body_object(main.modules()["lake"].value)
+    created = {name for name, r in lake.items() if not r.existing}
+    assert created == {"goldReader", "systemTopic"}, "nothing else is created in the lake's resource group"
+    access = bicep(INFRA / "lake-access.bicep")
+    lake_module = body_object(access.modules()["lake"].value)
     assert source_of(entry(lake_module, "scope")) == "resourceGroup(lakeResourceGroupName)"
 
     docs = DOCS.read_text(encoding="utf-8")
     table = [line for line in docs.splitlines() if line.startswith("|")]
     for _, role, _, _ in assignments:
         assert any(role in line for line in table), f"README.md role table lacks {role}"
+
+
+def _deployed_resources(path: Path, scope: str = "") -> list[tuple[str, str, str]]:
+    """(file, resource or module name, scope expression) of everything a template deploys, through
+    its modules (an `existing` reference deploys nothing). ``scope`` is the module's own scope
+    expression as seen from its parent ('' = the parent's resource group)."""
+    bf = bicep(path)
+    found = []
+    for res in bf.resources().values():
+        if not res.existing:
+            own = entry(body_object(res.value), "scope")
+            found.append((path.name, res.name, scope or (source_of(own) if own is not None and "(" in source_of(own)
+                                                           else "")))
+    for module in bf.modules().values():
+        own = entry(body_object(module.value), "scope")
+        module_scope = source_of(own) if own is not None else ""
+        found.append((path.name, module.name, scope or module_scope))
+        found += _deployed_resources((path.parent / module.type).resolve(), scope or module_scope)
+    return found
+
+
+def test_main_deploys_nothing_outside_the_app_resource_group():
+    """azd deletes whole resource groups of what its deployment created (and `azd down --force`, or an
+    azd without the ownership checks, deletes them without asking): nothing of infra/main.bicep may
+    have a scope in the lake's (or any other) resource group."""
+    deployed = _deployed_resources(INFRA / "main.bicep")
+    assert len(deployed) > 20
+    outside = [d for d in deployed if d[2] and d[2] != "resourceGroup()"]
+    assert not outside, f"main.bicep deploys outside its resource group: {outside}"
+    # It reads the lake (the blob endpoint for LAKE_STORAGE) through an existing reference only.
+    main = bicep(INFRA / "main.bicep")
+    for res in main.resources().values():
+        scope = entry(body_object(res.value), "scope")
+        if scope is not None and "lake" in source_of(scope).lower():
+            assert res.existing, f"{res.name} is deployed into the lake's resource group"
+    # The lake side is in its own templates, run by the hooks (not by azd's deployment).
+    lake_side = _deployed_resources(INFRA / "lake-access.bicep")
+    assert ("lake.bicep", "goldReader", "resourceGroup(lakeResourceGroupName)") in lake_side
+    assert ("lake.bicep", "systemTopic", "resourceGroup(lakeResourceGroupName)") in lake_side
+    subscriptions = _deployed_resources(INFRA / "eventgrid.bicep")
+    assert {name for _, name, scope in subscriptions if scope == "resourceGroup(systemTopicResourceGroupName)"} \
+        >= {"createdSubscription", "renamedSubscription"}
+    text = (INFRA / "main.bicep").read_text(encoding="utf-8")
+    assert "lake-access.bicep" in text and "module lake " not in text
 
 
 # ================================================================================================
@@ -1046,7 +1127,11 @@ def test_bindings_from_get_functions_match_the_template():
 
 _GOLD = "gold"
 _LAKE = "lakeacct"
+_APP = "func-x"
+_CREATED = f"{_APP}-commit-created"  # BlobCreated -> on_delta_commit (blob trigger)
+_RENAMED = f"{_APP}-commit-renamed"  # BlobRenamed -> on_lake_event (Event Grid trigger)
 _ENV = {
+    "functionAppName": _APP,
     "functionAppHostName": "func-x.azurewebsites.net",
     "blobsExtensionKey": "BLOBKEY",
     "eventGridExtensionKey": "EGKEY",
@@ -1127,15 +1212,15 @@ _COMMIT = "sales/fact_orders/_delta_log/00000000000000000012.json"
 _TMP = "sales/fact_orders/_delta_log/.00000000000000000012.json.3f1c2a.tmp"
 _CASES = [
     # event, the subscriptions that must deliver it
-    (_created(_COMMIT), {"delta-commit-blob-trigger", "delta-commit-created-event"}),
-    (_created(_COMMIT, api="FlushWithClose"), {"delta-commit-blob-trigger", "delta-commit-created-event"}),
-    (_created(_COMMIT, api="PutBlockList"), {"delta-commit-blob-trigger", "delta-commit-created-event"}),
-    (_created(_COMMIT, api="CopyBlob"), {"delta-commit-blob-trigger", "delta-commit-created-event"}),
-    (_created("a/b/_delta_log/00000000000000000001.json"), {"delta-commit-blob-trigger", "delta-commit-created-event"}),
+    (_created(_COMMIT), {_CREATED}),
+    (_created(_COMMIT, api="FlushWithClose"), {_CREATED}),
+    (_created(_COMMIT, api="PutBlockList"), {_CREATED}),
+    (_created(_COMMIT, api="CopyBlob"), {_CREATED}),
+    (_created("a/b/_delta_log/00000000000000000001.json"), {_CREATED}),
     (_created(_COMMIT, api="CreateFile"), set()),  # the 0-byte create before FlushWithClose
     (_created(_TMP, api="FlushWithClose"), set()),  # Spark's temp file
-    (_renamed(_TMP, _COMMIT), {"delta-commit-renamed-event"}),  # Spark's commit
-    (_renamed(_TMP, _COMMIT.replace(".json", ".JSON")), {"delta-commit-renamed-event"}),
+    (_renamed(_TMP, _COMMIT), {_RENAMED}),  # Spark's commit
+    (_renamed(_TMP, _COMMIT.replace(".json", ".JSON")), {_RENAMED}),
     (_renamed("x/_delta_log/a.json", "x/_delta_log/a.json.bak"), set()),
     (_renamed("x/part-1.parquet.tmp", "x/part-1.parquet"), set()),
     (_created("sales/fact_orders/part-00000-1.snappy.parquet"), set()),  # data file
@@ -1158,14 +1243,56 @@ def test_subscription_filters_pass_exactly_the_commit_events(event, expected):
     assert {name for name, props in subs.items() if _passes(props, event)} == expected
 
 
+# The delivery rule the local runtime (refresh/local/) reproduces: which function gets which event.
+DELIVERY = {"Microsoft.Storage.BlobCreated": "on_delta_commit", "Microsoft.Storage.BlobRenamed": "on_lake_event"}
+
+
+def test_each_commit_event_has_exactly_one_consumer():
+    """One consumer per event kind: a commit is never processed by two functions."""
+    subs = _subscriptions()
+    for event, expected in _CASES:
+        passing = [name for name, props in subs.items() if _passes(props, event)]
+        assert len(passing) == len(expected) <= 1, (event["subject"], passing)
+        for name in passing:
+            url = subs[name]["destination"]["properties"]["endpointUrl"]
+            function = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["functionName"][0]
+            assert function.removeprefix("Host.Functions.") == DELIVERY[event["eventType"]]
+
+
+def test_two_environments_on_one_lake_get_distinct_subscriptions():
+    """Deploy-on-paper two azd environments (and the same name in two resource groups) against one
+    lake: main.bicep's app names, then the subscription names they give, never collide."""
+    main = bicep(INFRA / "main.bicep")
+    subscription = {"id": "/subscriptions/00000000-0000-0000-0000-000000000000"}
+    apps = {}
+    for env_name, group in (("dev", "rg-dev"), ("prod", "rg-prod"), ("prod", "rg-prod-2")):
+        env = {"environmentName": env_name, "subscription()": subscription,
+               "resourceGroup()": {"id": f"{subscription['id']}/resourceGroups/{group}"}}
+        apps[(env_name, group)] = evaluate(main.vars()["functionAppName"].value, env, main)
+    assert len(set(apps.values())) == 3
+    names = {key: set(_subscriptions({"functionAppName": app})) for key, app in apps.items()}
+    for key, theirs in names.items():
+        assert len(theirs) == 2
+        others = set().union(*(n for k, n in names.items() if k != key))
+        assert not theirs & others, f"{key} would replace another environment's subscriptions"
+        for name in theirs:
+            assert len(name) <= 64 and re.fullmatch(r"[A-Za-z0-9-]+", name)
+    # The longest app name still gives valid names (Event Grid: at most 64 characters).
+    longest = _subscriptions({"functionAppName": "f" * 60})
+    assert all(len(name) <= 64 for name in longest) and len(set(longest)) == 2
+    # The postdeploy step passes the app name that the subscriptions are named after.
+    eg = bicep(INFRA / "eventgrid.bicep")
+    params = dict(entry(body_object(eg.modules()["subscriptions"].value), "params").a)
+    assert source_of(params["functionAppName"]) == "functionAppName"
+
+
 def test_subscriptions_target_the_webhooks_with_retries_and_dead_letter():
     subs = _subscriptions()
     base = f"https://{_ENV['functionAppHostName']}/runtime/webhooks"
     urls = {name: props["destination"]["properties"]["endpointUrl"] for name, props in subs.items()}
     assert urls == {
-        "delta-commit-blob-trigger": f"{base}/blobs?functionName=Host.Functions.on_delta_commit&code=BLOBKEY",
-        "delta-commit-created-event": f"{base}/EventGrid?functionName=on_lake_event&code=EGKEY",
-        "delta-commit-renamed-event": f"{base}/EventGrid?functionName=on_lake_event&code=EGKEY",
+        _CREATED: f"{base}/blobs?functionName=Host.Functions.on_delta_commit&code=BLOBKEY",
+        _RENAMED: f"{base}/EventGrid?functionName=on_lake_event&code=EGKEY",
     }
     functions = app_functions()
     for url in urls.values():
@@ -1178,7 +1305,8 @@ def test_subscriptions_target_the_webhooks_with_retries_and_dead_letter():
         assert dead["identity"] == {"type": "SystemAssigned"}
         assert dead["deadLetterDestination"]["properties"]["blobContainerName"] == "eventgrid-deadletter"
     # The blob trigger reads data.url, which only BlobCreated has.
-    assert subs["delta-commit-blob-trigger"]["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
+    assert subs[_CREATED]["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
+    assert subs[_RENAMED]["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobRenamed"]
     # Without a dead-letter container there is no dead-letter destination.
     assert all(p["deadLetterWithResourceIdentity"] is None
                for p in _subscriptions({"deadLetterContainerName": ""}).values())
@@ -1236,17 +1364,21 @@ def test_azure_yaml_shape():
     assert (ROOT / spec["infra"]["path"] / f"{spec['infra']['module']}.bicep").is_file()
     assert len(spec["services"]) == 1
     (service_name, service), = spec["services"].items()
-    assert service == {"project": ".", "language": "python", "host": "function"}
+    # remoteBuild: the Flex build service installs requirements.txt (the hashed lock) on Linux.
+    assert service == {"project": ".", "language": "python", "host": "function", "remoteBuild": True}
     tags = entry(body_object(bicep(FUNCTION_BICEP).resources()["functionApp"].value), "tags")
     assert source_of(tags) == "union(tags, obj)"
     assert literal(tags.b[1]) == {"azd-service-name": service_name}
-    hooks = spec["hooks"]["postdeploy"]
-    for platform, shell in (("posix", "sh"), ("windows", "pwsh")):
-        assert hooks[platform]["shell"] == shell
-        script = ROOT / hooks[platform]["run"]
-        assert script.is_file(), f"postdeploy hook {script} is missing"
-        assert "eventgrid.bicep" in script.read_text(encoding="utf-8")
-    assert os.access(ROOT / hooks["posix"]["run"], os.X_OK)
+    assert set(spec["hooks"]) == {"postprovision", "postdeploy"}
+    for hook, template in (("postprovision", "lake-access.bicep"), ("postdeploy", "eventgrid.bicep")):
+        hooks = spec["hooks"][hook]
+        for platform, shell in (("posix", "sh"), ("windows", "pwsh")):
+            assert hooks[platform]["shell"] == shell
+            assert hooks[platform]["continueOnError"] is False
+            script = ROOT / hooks[platform]["run"]
+            assert script.is_file(), f"{hook} hook {script} is missing"
+            assert template in script.read_text(encoding="utf-8")
+        assert os.access(ROOT / hooks["posix"]["run"], os.X_OK)
     assert (ROOT / "host.json").is_file() and (ROOT / "requirements.txt").is_file()
 
 
@@ -1273,6 +1405,24 @@ def test_ci_workflow_runs_the_project_tests():
     assert re.search(r"^on:\n  pull_request:\n  push:\n    branches: \[main\]", ci, re.M)
     assert 'python-version: "3.11"' in ci and 'node-version: "20"' in ci
     assert "run: ./scripts/test.sh" in ci
+
+
+def test_ci_deploy_identity_roles_cover_what_the_deploy_path_touches():
+    """`azd deploy` runs the postdeploy hook: eventgrid.bicep reads the lake account (an `existing`
+    reference with properties, i.e. Microsoft.Storage/storageAccounts/read), lists the host keys in
+    the app group and deploys into the topic's group. The documented least roles cover each."""
+    eg = bicep(INFRA / "eventgrid.bicep")
+    lake = eg.resources()["lakeAccount"]
+    assert lake.existing and source_of(entry(lake.value, "scope")) == "resourceGroup(lakeResourceGroupName)"
+    params = dict(entry(body_object(eg.modules()["subscriptions"].value), "params").a)
+    assert any("lakeAccount.properties" in source_of(v) for v in params.values())
+    readme = DOCS.read_text(encoding="utf-8")
+    ci = readme[readme.index("### CI/CD"):readme.index("### Static checks")]
+    for role, scope in (("**Contributor**", "app resource group"), ("**EventGrid Contributor**", "resource group"),
+                        ("**Reader**", "lake storage account")):
+        assert re.search(re.escape(role) + r"[^*]*" + re.escape(scope), ci), (role, scope)
+    deploy = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert "Reader on the lake storage account" in deploy
 
 
 def test_deploy_workflow_uses_oidc_and_no_stored_secrets():
@@ -1305,7 +1455,8 @@ _OUTPUTS = {
     "AZURE_FUNCTION_APP_NAME": "func-abc", "AZURE_STORAGE_ACCOUNT_NAME": "stabc",
     "LAKE_STORAGE_ACCOUNT_NAME": "lakeacct", "LAKE_RESOURCE_GROUP": "rg-lake", "GOLD_CONTAINER": "gold",
     "LAKE_SYSTEM_TOPIC_NAME": "lakeacct-events", "LAKE_SYSTEM_TOPIC_RESOURCE_GROUP": "rg-lake",
-    "EVENTGRID_DEAD_LETTER_CONTAINER": "eventgrid-deadletter",
+    "EVENTGRID_DEAD_LETTER_CONTAINER": "eventgrid-deadletter", "MANAGED_IDENTITY_PRINCIPAL_ID": "pid-1",
+    "LAKE_SYSTEM_TOPIC_CREATE": "true", "AZURE_FUNCTION_APP_HOSTNAME": "func-abc.azurewebsites.net",
 }
 
 
@@ -1370,6 +1521,105 @@ def test_postdeploy_gives_up_when_the_keys_never_appear(tmp_path):
     assert "az functionapp function list" in done.stderr
     calls = (tmp_path / "az.log").read_text().splitlines()
     assert len(calls) == 3 and not any(c.startswith("deployment") for c in calls)
+
+
+def _postprovision(tmp_path: Path, facts: str, container_exists: bool = True) -> subprocess.CompletedProcess:
+    """postprovision.sh against a fake az whose lake account shows ``facts`` (isHnsEnabled,
+    publicNetworkAccess, networkRuleSet.defaultAction, as the script's query prints them)."""
+    env = {**_fake_az(tmp_path, f"""
+case "$*" in
+  "storage account show"*) echo "{facts}" ;;
+  "storage container-rm show"*) {"exit 0" if container_exists else 'echo "ContainerNotFound" >&2; exit 3'} ;;
+  "deployment group create"*) exit 0 ;;
+  *) echo "unexpected az $*" >&2; exit 9 ;;
+esac
+"""), **_OUTPUTS, "AZURE_RESOURCE_GROUP": "rg-app"}
+    return subprocess.run(["sh", str(INFRA / "scripts" / "postprovision.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_postprovision_deploys_the_lake_side_as_its_own_deployment(tmp_path):
+    done = _postprovision(tmp_path, "true Enabled Allow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stderr
+    calls = (tmp_path / "az.log").read_text().splitlines()
+    assert "isHnsEnabled" in calls[0] and "-g rg-lake -n lakeacct" in calls[0]
+    create = next(c for c in calls if c.startswith("deployment group create"))
+    # Deployed to the APP's resource group, under a name of its own (not azd's deployment).
+    assert f"-f {INFRA}/lake-access.bicep" in create and "-g rg-app -n lake-access-func-abc" in create
+    given = dict(re.findall(r"(\w+)=(\S*)", create))
+    params = bicep(INFRA / "lake-access.bicep").params()
+    assert set(given) <= set(params) and {n for n, p in params.items() if p.value is None} <= set(given)
+    assert given["identityPrincipalId"] == "pid-1" and given["createSystemTopic"] == "true"
+    assert given["lakeResourceGroupName"] == "rg-lake" and given["goldContainerName"] == "gold"
+
+
+@pytest.mark.parametrize("facts, expected", [
+    ("false Enabled Allow", ["no hierarchical namespace", "BlobRenamed", "timer sweep"]),
+    ("null Enabled Allow", ["no hierarchical namespace"]),
+    ("true Disabled Deny", ["public network access disabled", "VNet integration"]),
+    ("true Enabled Deny", ["firewall", "403", "VNet"]),
+])
+def test_postprovision_warns_about_lake_preconditions(tmp_path, facts, expected):
+    done = _postprovision(tmp_path, facts)
+    assert done.returncode == 0, done.stdout + done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, done.stderr
+    for text in expected:
+        assert text in warnings[0]
+    # A warning does not stop the deployment.
+    assert any(c.startswith("deployment group create") for c in (tmp_path / "az.log").read_text().splitlines())
+
+
+def test_postprovision_stops_on_a_missing_gold_container(tmp_path):
+    done = _postprovision(tmp_path, "true Enabled Allow", container_exists=False)
+    assert done.returncode == 1
+    assert "the gold container 'gold' does not exist in lakeacct" in done.stderr
+    assert not any(c.startswith("deployment") for c in (tmp_path / "az.log").read_text().splitlines())
+
+
+def _remove_fake(tmp_path: Path, topic_tag: str, left: int) -> dict[str, str]:
+    scope = "/subscriptions/s/resourceGroups/rg-lake/providers/Microsoft.Storage/storageAccounts/lakeacct"
+    assignment = "providers/Microsoft.Authorization/roleAssignments/ra-1"
+    return _fake_az(tmp_path, f"""
+case "$*" in
+  "eventgrid system-topic event-subscription list"*"length(@)"*) echo {left} ;;
+  "eventgrid system-topic event-subscription list"*) printf 'func-abc-commit-created\nfunc-abc-commit-renamed\n' ;;
+  "eventgrid system-topic event-subscription delete"*) exit 0 ;;
+  "storage account show"*) echo "{scope}" ;;
+  "role assignment list"*) echo "{scope}/blobServices/default/containers/gold/{assignment}" ;;
+  "role assignment delete"*) exit 0 ;;
+  "deployment group delete"*) exit 0 ;;
+  "eventgrid system-topic show"*) echo "{topic_tag}" ;;
+  "eventgrid system-topic delete"*) exit 0 ;;
+  *) echo "unexpected az $*" >&2; exit 9 ;;
+esac
+""")
+
+
+@pytest.mark.parametrize("tag, left, deleted", [
+    ("powerbi-delta-refresh", 0, True),
+    ("powerbi-delta-refresh", 2, False),  # another environment still uses the topic
+    ("", 0, False),  # a topic this template did not create
+])
+def test_remove_lake_side_removes_only_this_environment(tmp_path, tag, left, deleted):
+    env = {**_remove_fake(tmp_path, tag, left), **_OUTPUTS, "AZURE_RESOURCE_GROUP": "rg-app"}
+    done = subprocess.run(["sh", str(INFRA / "scripts" / "remove-lake-side.sh"), "--delete-topic"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = (tmp_path / "az.log").read_text().splitlines()
+    listing = next(c for c in calls if c.startswith("eventgrid system-topic event-subscription list"))
+    assert "starts_with(name, 'func-abc-commit-')" in listing and "//func-abc.azurewebsites.net/" in listing
+    deletes = [c for c in calls if c.startswith("eventgrid system-topic event-subscription delete")]
+    assert [re.search(r"-n (\S+)", c).group(1) for c in deletes] == [_OUTPUTS["AZURE_FUNCTION_APP_NAME"] + s
+                                                                   for s in ("-commit-created", "-commit-renamed")]
+    roles = next(c for c in calls if c.startswith("role assignment list"))
+    assert "/blobServices/default/containers/gold" in roles and "principalId=='pid-1'" in roles
+    assert any(c.startswith("role assignment delete --ids ") and c.endswith("/ra-1 --only-show-errors -o none")
+               for c in calls)
+    assert any(c.startswith("eventgrid system-topic delete") for c in calls) is deleted
+    # Nothing in the lake is deleted except this environment's pieces: no storage/container/group deletes.
+    assert not any(re.match(r"(storage .*delete|group delete)", c) for c in calls)
 
 
 class _PowerBi(http.server.BaseHTTPRequestHandler):
@@ -1487,3 +1737,118 @@ def test_readme_walkthrough_names_every_parameter_of_main_bicep():
     table = readme[readme.index("#### Every parameter of `infra/main.bicep`"):]
     assert names and all(f"| `{name}` |" in table for name in names), \
         [n for n in names if f"| `{n}` |" not in table]
+
+
+# ================================================================================================
+# The deployment package: .funcignore leaves out everything that is not runtime code
+# ================================================================================================
+
+def _funcignore_patterns() -> list[str]:
+    lines = (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "negations are not used (keep the list simple)"
+    return patterns
+
+
+def funcignored(path: str, patterns: list[str]) -> bool:
+    """gitignore semantics (what Core Tools and azd apply to .funcignore) for the forms used here:
+    `dir/`, `/anchored`, `a/b` (anchored), and globs on one path segment."""
+    import fnmatch
+
+    parts = path.split("/")
+    for pattern in patterns:
+        dir_only = pattern.endswith("/")
+        core = pattern.strip("/")
+        anchored = pattern.startswith("/") or "/" in core
+        for i in range(len(parts)):
+            if dir_only and i == len(parts) - 1:
+                continue  # a file is not a directory
+            target = "/".join(parts[: i + 1]) if anchored else parts[i]
+            if fnmatch.fnmatchcase(target, core):
+                return True
+    return False
+
+
+def deployment_package() -> list[str]:
+    """The repo files (plus local state a developer has, e.g. .local/) that a deploy would ship."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files += [".local/demo/refresh-config.json", ".local/state/azurite/blob.json", ".env",
+              ".venv/lib/python3.11/site-packages/x.py", "refresh/__pycache__/app.cpython-311.pyc"]
+    patterns = _funcignore_patterns()
+    return sorted(f for f in files if not funcignored(f, patterns))
+
+
+def _distribution_of(module: str) -> str | None:
+    """The installed distribution that provides ``module`` (namespace packages such as azure.*
+    resolved by file), canonical name."""
+    from importlib.metadata import distribution, packages_distributions
+
+    candidates = packages_distributions().get(module.split(".")[0], [])
+    rel = module.replace(".", "/")
+    for parts in (rel.split("/")[:n] for n in range(len(rel.split("/")), 0, -1)):
+        stem = "/".join(parts)
+        for name in candidates:
+            files = {str(f) for f in distribution(name).files or []}
+            if f"{stem}/__init__.py" in files or f"{stem}.py" in files:
+                return re.sub(r"[-_.]+", "-", name).lower()
+    return None
+
+
+def test_deployment_package_holds_runtime_code_only():
+    shipped = deployment_package()
+    for required in ("function_app.py", "host.json", "requirements.txt", "refresh-config.json",
+                     "refresh/__init__.py", "refresh/app.py", "refresh/powerbi/client.py"):
+        assert required in shipped, f"{required} is not deployed"
+    for path in shipped:
+        assert not path.startswith((".local/", ".venv/", "tests/", "infra/", "scripts/", "docs/", "benchmarks/",
+                                    "refresh/local/", "refresh/testing/", ".github/")), path
+        assert path not in ("requirements-dev.txt", "refresh/powerbi/simulator.py", "refresh/powerbi/swagger.py",
+                            ".env", "local.settings.sample.json", "pyproject.toml", "azure.yaml"), path
+        assert not path.endswith(".pyc"), path
+
+
+def test_deployed_modules_import_only_the_runtime_lock_and_each_other():
+    """Every import in a shipped module (module level or inside a function) resolves to the standard
+    library, another shipped module, or a distribution in the runtime lock requirements.txt, except
+    the dev-only CLI commands named below, which only ``python -m refresh`` reaches."""
+    shipped = set(deployment_package())
+    lock = set(re.findall(r"^([A-Za-z0-9_.\-]+)==", (ROOT / "requirements.txt").read_text(), re.M))
+    lock = {re.sub(r"[-_.]+", "-", n).lower() for n in lock}
+    # `python -m refresh local` (refresh/__main__.py) is a developer command; the package leaves
+    # refresh/local/ out, and nothing a function runs imports it.
+    dev_only_lazy = {("refresh/__main__.py", "refresh.local.cli")}
+    problems = []
+    for path in sorted(p for p in shipped if p.endswith(".py")):
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        package = path.rsplit("/", 1)[0].replace("/", ".") if "/" in path else ""
+        if path.endswith("__init__.py"):
+            package = path[: -len("/__init__.py")].replace("/", ".")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [(a.name, True) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    module = ".".join(parts[: len(parts) - node.level + 1] + ([module] if module else []))
+                names = [(module, True)] + [(f"{module}.{a.name}", False) for a in node.names]
+            else:
+                continue
+            for name, is_module in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if top in ("refresh", "function_app"):
+                    local = _local_module(name)
+                    if local is None:
+                        continue  # a name imported from a module, not a module
+                    rel = str(local.relative_to(ROOT))
+                    if rel not in shipped and (path, name) not in dev_only_lazy:
+                        problems.append(f"{path} imports {name}, which is not deployed")
+                    continue
+                if not is_module:
+                    continue  # `from pkg import attr`: pkg was checked
+                dist = _distribution_of(name)
+                if dist is None or dist not in lock:
+                    problems.append(f"{path} imports {name} ({dist or 'not installed'}), not in requirements.txt")
+    assert not problems, "\n".join(problems)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from refresh import messages
 from refresh.settings import SETTINGS, Settings, SettingsError
@@ -13,23 +16,96 @@ from refresh.settings import SETTINGS, Settings, SettingsError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _requirement_names(lines: list[str]) -> dict[str, str]:
-    found = {}
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name = re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0].lower()
-            found[name] = line.replace(" ", "")
-    return found
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+    via_project: bool  # a direct dependency ("# via powerbi-delta-refresh (pyproject.toml)")
 
 
-def test_requirements_txt_matches_pyproject_dependencies():
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock(path: Path) -> dict[str, Pin]:
+    """The pins of a hashed lock written by ./scripts/lock.sh (uv pip compile --generate-hashes)."""
+    pins: dict[str, Pin] = {}
+    name = None
+    for block in re.split(r"\n(?=\S)", path.read_text(encoding="utf-8")):
+        if block.startswith("#") or not block.strip():
+            continue
+        head = block.split("\\", 1)[0].strip()
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;]+)", head)
+        assert match, f"{path.name}: not an exact pin: {head!r}"
+        name = _canonical(match.group(1))
+        hashes = tuple(re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+        pins[name] = Pin(name, match.group(3), hashes, "powerbi-delta-refresh (pyproject.toml)" in block)
+    return pins
+
+
+def _declared(requirements: list[str]) -> dict[str, Requirement]:
+    return {_canonical(r.name): r for r in map(Requirement, requirements)}
+
+
+def test_lock_pins_exactly_the_declared_dependencies_with_hashes():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = _requirement_names(project["dependencies"])
-    pinned = _requirement_names((ROOT / "requirements.txt").read_text().splitlines())
-    assert declared == pinned
-    for required in ("azure-functions", "azure-identity", "azure-storage-blob", "azure-data-tables", "requests"):
+    declared = _declared(project["dependencies"])
+    lock = _lock(ROOT / "requirements.txt")
+    # Every pin has hashes (pip then checks every file of the remote build), and the direct
+    # dependencies of the lock are exactly pyproject's: adding or removing one without
+    # ./scripts/lock.sh fails here.
+    assert all(pin.hashes for pin in lock.values())
+    assert {n for n, pin in lock.items() if pin.via_project} == set(declared)
+    for name, requirement in declared.items():
+        assert requirement.specifier.contains(lock[name].version, prereleases=True), \
+            f"{name}: the lock pins {lock[name].version}, outside {requirement.specifier} (run ./scripts/lock.sh)"
+    for required in ("azure-functions", "azurefunctions-extensions-bindings-blob", "azure-identity",
+                     "azure-storage-blob", "azure-data-tables", "requests"):
         assert required in declared
+    # Nothing yanked or known-bad as a floor: 1.21.1 (the BlobSource.EVENT_GRID fix) is yanked on PyPI.
+    assert not declared["azure-functions"].specifier.contains("1.21.1")
+    assert lock["azure-functions"].version != "1.21.1"
+    assert "azure-functions-worker" not in lock  # the platform provides the worker
+
+
+def test_dev_lock_has_the_runtime_pins_and_the_dev_tools():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = _lock(ROOT / "requirements.txt"), _lock(ROOT / "requirements-dev.txt")
+    assert all(pin.hashes for pin in dev.values())
+    for name, pin in runtime.items():
+        assert dev[name].version == pin.version, f"{name}: CI would test {dev[name].version}, Azure runs {pin.version}"
+    wanted = set(_declared(project["dependencies"])) | set(_declared(project["optional-dependencies"]["dev"]))
+    assert {n for n, pin in dev.items() if pin.via_project} == wanted
+
+
+def test_the_environment_is_installed_from_the_lock():
+    """setup.sh (and so CI) installs requirements-dev.txt with --require-hashes: what runs the tests
+    is exactly the lock."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert re.search(r"--require-hashes[^\n]*\\\n\s*-r requirements-dev\.txt", setup)
+    for workflow in ("ci.yml", "deploy.yml"):
+        text = (ROOT / ".github" / "workflows" / workflow).read_text()
+        assert "requirements-dev.txt" in text and "run: ./scripts/test.sh" in text
+    mismatched = {}
+    for name, pin in _lock(ROOT / "requirements-dev.txt").items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != pin.version:
+            mismatched[name] = (pin.version, installed)
+    assert not mismatched, f"run ./scripts/setup.sh: lock vs installed {mismatched}"
+
+
+def test_lock_script_is_the_one_command():
+    script = (ROOT / "scripts" / "lock.sh").read_text()
+    assert "--generate-hashes" in script and "-o requirements.txt" in script and "-o requirements-dev.txt" in script
+    assert "--python-version 3.11" in script
+    for lock in ("requirements.txt", "requirements-dev.txt"):
+        assert "#    ./scripts/lock.sh" in (ROOT / lock).read_text().splitlines()[1]
 
 
 def test_queue_encoding_matches_host_json():

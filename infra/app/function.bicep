@@ -13,7 +13,6 @@ param storageAccountName string
 param deploymentContainerName string
 param applicationInsightsName string
 param lakeBlobServiceUri string
-param lakeQueueServiceUri string
 param goldContainerName string
 param refreshQueueName string
 param stateTableName string
@@ -60,6 +59,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_222:Event Grid delivers lake events by pushing to the app's webhooks (/runtime/webhooks/blobs and /EventGrid) over the public endpoint; it cannot reach a private endpoint. Every endpoint requires a function or system key.
   //checkov:skip=CKV_AZURE_17:Client certificates cannot be used: Event Grid webhook delivery presents none. Callers authenticate with function keys (HTTP auth level FUNCTION) and system keys (webhooks).
   //checkov:skip=CKV_AZURE_212:numberOfWorkers does not apply to Flex Consumption, which scales instances per trigger (maximumInstanceCount); a lost instance is replaced on the next event.
+  //checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP/FTPS endpoint, and siteConfig.ftpsState is rejected on Flex sites (ARM error 51021 in regions that enforce the Flex property list, e.g. West Europe); Microsoft's Flex samples do not set it. Publishing is zip deploy with Entra ID only (scm basic auth off).
+  //checkov:skip=CKV_AZURE_18:siteConfig.http20Enabled is an App Service setting that Microsoft's Flex Consumption samples do not set; Flex validates siteConfig per region (error 51021), so only minTlsVersion is set. Callers are Event Grid webhooks and the HTTP API over HTTPS with TLS 1.2.
+  //checkov:skip=CKV_AZURE_67:Same as CKV_AZURE_18 (the Function App variant of the HTTP version check): http20Enabled is not a Flex Consumption setting.
   //checkov:skip=CKV_AZURE_213:App Service health check is not available on Flex Consumption, and it would need an anonymous endpoint; the health function uses function-level auth and is probed by monitoring instead.
   name: name
   location: location
@@ -80,12 +82,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // Event Grid delivers to the webhooks over the public endpoint (no VNet in this template).
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identityId
+    // Only what Flex Consumption supports (as in Microsoft's Flex samples): ftpsState,
+    // use32BitWorkerProcess, netFrameworkVersion, functionsRuntimeScaleMonitoringEnabled are rejected
+    // with error 51021 in regions that enforce the Flex property list (West Europe among them), and
+    // http20Enabled / remoteDebuggingEnabled / scmMinTlsVersion are App Service settings Flex does not use.
     siteConfig: {
       minTlsVersion: '1.2'
-      scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      remoteDebuggingEnabled: false
-      http20Enabled: true
       appSettings: appSettings
     }
     functionAppConfig: {
@@ -111,15 +113,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
-// No basic-auth publishing: FTP and SCM accept only Entra ID tokens (azd and az use those).
-resource ftpPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
-  parent: functionApp
-  name: 'ftp'
-  properties: {
-    allow: false
-  }
-}
-
+// No basic-auth publishing: SCM (zip deploy) accepts only Entra ID tokens (azd and az use those).
+// Flex Consumption has no FTP endpoint, so there is no 'ftp' policy to set.
 resource scmPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
   parent: functionApp
   name: 'scm'
@@ -153,8 +148,13 @@ var hostStorageAppSettings = [
   }
 ]
 
-// The lake (LAKE_STORAGE): blob to read _delta_log/; queue because the blob trigger puts poison
-// messages (webjobs-blobtrigger-poison) in the queue service of the account it watches.
+// The lake (LAKE_STORAGE): blob, to read _delta_log/ (the gold container only, read only).
+// The queue service of this connection is the APP storage account's, on purpose: the blob trigger
+// binding needs one (identity connections of a blob trigger need both service URIs), and all it does
+// with it is put a commit whose function failed maxDequeueCount times on `webjobs-blobtrigger-poison`
+// there (WebJobs blob extension, SharedBlobQueueListenerFactory: the poison queue of the triggering
+// blob's connection; no blob receipts with the Event Grid source). So nothing is created in the
+// customer's lake and the app holds no queue role on it.
 var lakeStorageAppSettings = [
   {
     name: 'LAKE_STORAGE__blobServiceUri'
@@ -162,7 +162,7 @@ var lakeStorageAppSettings = [
   }
   {
     name: 'LAKE_STORAGE__queueServiceUri'
-    value: lakeQueueServiceUri
+    value: storage.properties.primaryEndpoints.queue
   }
   {
     name: 'LAKE_STORAGE__credential'

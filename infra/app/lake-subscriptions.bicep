@@ -1,32 +1,41 @@
 // The event subscriptions on the lake's system topic (deployed by infra/eventgrid.bicep into the
 // topic's resource group). Only Delta commit files reach the app: data files never invoke it.
 //
+// One consumer per event kind: every commit event reaches exactly one function.
+//
+//   <app>-commit-created   BlobCreated -> on_delta_commit (blob trigger webhook, blobs_extension key)
+//   <app>-commit-renamed   BlobRenamed -> on_lake_event   (Event Grid trigger webhook, eventgrid_extension key)
+//
+// Names start with the Function App's name (unique per environment: main.bicep derives it from the
+// subscription, resource group and azd environment), so two environments on one lake, which share
+// the account's single system topic, never replace each other's subscriptions.
+//
 // Filter design. Event Grid ANDs every filter of a subscription, and an advanced filter on a key
 // the event does not have (data.destinationUrl on BlobCreated, data.url on BlobRenamed) fails. So
 // one subscription cannot filter BlobCreated on its name and BlobRenamed on its new name with
-// positive filters. Hence one subscription per (event type, function):
-//
-//   delta-commit-blob-trigger   BlobCreated -> on_delta_commit (blob trigger webhook, blobs_extension key)
-//   delta-commit-created-event  BlobCreated -> on_lake_event   (Event Grid trigger webhook, eventgrid_extension key)
-//   delta-commit-renamed-event  BlobRenamed -> on_lake_event   (Event Grid trigger webhook)
+// positive filters; hence one subscription per event type, and each goes to one function.
 //
 // BlobCreated (delta-rs and other writers that PUT the commit under its final name): the subject is
 // the blob, so subjectBeginsWith the gold container, subjectEndsWith '.json' and subject
 // StringContains '/_delta_log/'. data.api is one of PutBlob / PutBlockList / FlushWithClose /
 // CopyBlob: a DFS write also emits BlobCreated for CreateFile (0 bytes) before FlushWithClose.
-// The blob trigger gets BlobCreated only: it reads data.url, which BlobRenamed does not have.
+// It goes to the blob trigger, which reads data.url (BlobRenamed has none) and hands the function a
+// BlobClient (SDK type): nothing is downloaded.
 //
 // BlobRenamed (Spark / Databricks on ADLS Gen2 write `_delta_log/.<N>.json.<uuid>.tmp` and rename it
 // to `<N>.json`): the new name is in data.destinationUrl (a dfs URL), so the name filters are on it:
 // StringBeginsWith the gold container's dfs or blob URL, StringContains '/_delta_log/',
 // StringEndsWith '.json', and data.api RenameFile. subjectBeginsWith the gold container is kept:
 // the subject is the new path, and the temp file lives in the same _delta_log/ folder anyway.
+// BlobRenamed exists only on accounts with a hierarchical namespace (the postprovision hook warns).
 //
 // Temp files (.tmp), checkpoints (.parquet), _last_checkpoint, .crc files and data files all fail
 // these filters. The app still validates names (a 20-digit version) and the timer sweep catches
 // anything an event misses.
 
 param systemTopicName string
+@description('The Function App name: the prefix of the subscription names (unique per environment).')
+param functionAppName string
 param functionAppHostName string
 @secure()
 param blobsExtensionKey string
@@ -40,6 +49,8 @@ param deadLetterContainerName string
 param maxDeliveryAttempts int
 param eventTimeToLiveInMinutes int
 
+// At most 48 + 15 characters: Event Grid allows 64 (letters, digits, hyphens, like app names).
+var subscriptionPrefix = take(functionAppName, 48)
 var goldSubjectPrefix = '/blobServices/default/containers/${goldContainerName}/'
 var commitApis = [
   'PutBlob'
@@ -94,9 +105,9 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
   name: systemTopicName
 }
 
-resource blobTriggerSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+resource createdSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
   parent: topic
-  name: 'delta-commit-blob-trigger'
+  name: '${subscriptionPrefix}-commit-created'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {
@@ -113,28 +124,9 @@ resource blobTriggerSubscription 'Microsoft.EventGrid/systemTopics/eventSubscrip
   }
 }
 
-resource createdEventSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+resource renamedSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
   parent: topic
-  name: 'delta-commit-created-event'
-  properties: {
-    eventDeliverySchema: 'EventGridSchema'
-    destination: {
-      endpointType: 'WebHook'
-      properties: {
-        endpointUrl: eventGridTriggerUrl
-        maxEventsPerBatch: 1
-        preferredBatchSizeInKilobytes: 64
-      }
-    }
-    filter: createdFilter
-    retryPolicy: retryPolicy
-    deadLetterWithResourceIdentity: deadLetter
-  }
-}
-
-resource renamedEventSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
-  parent: topic
-  name: 'delta-commit-renamed-event'
+  name: '${subscriptionPrefix}-commit-renamed'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {
@@ -189,7 +181,6 @@ resource renamedEventSubscription 'Microsoft.EventGrid/systemTopics/eventSubscri
 }
 
 output names array = [
-  blobTriggerSubscription.name
-  createdEventSubscription.name
-  renamedEventSubscription.name
+  createdSubscription.name
+  renamedSubscription.name
 ]

@@ -1,14 +1,17 @@
-// Deployed into the lake's resource group. The lake account is EXISTING and is not modified, apart
-// from one queue for the blob trigger's poison messages.
+// Deployed into the LAKE's resource group by infra/lake-access.bicep (the postprovision hook), never
+// by main.bicep: azd must not know of anything here. The lake account is EXISTING and is not
+// modified.
 //
-// * Storage Blob Data Reader on the gold container only: the app reads _delta_log/ and never writes.
-// * Storage Queue Data Contributor on the queue webjobs-blobtrigger-poison only: the Event Grid blob
-//   trigger moves a blob that failed 5 times to that queue, in the queue service of the account of
-//   its connection (LAKE_STORAGE), not of AzureWebJobsStorage.
+// * Storage Blob Data Reader on the gold container only: the app lists and reads _delta_log/, and
+//   the blob trigger's host reads the triggering commit's properties. It never writes to the lake.
+// * No queue and no queue role in the lake: the blob trigger's connection (LAKE_STORAGE) uses the
+//   app storage account's queue service for its poison queue (function.bicep).
 // * Receiving events needs no data role: Event Grid pushes them to the app's webhooks, authorized by
 //   the host's system keys. Creating the subscriptions needs Event Grid rights of the DEPLOYER.
 // * The Event Grid system topic of the account (an account can have only one), unless an existing
-//   one is reused. Its system-assigned identity writes dead-lettered events (see rbac.bicep).
+//   one is reused. Its system-assigned identity writes dead-lettered events (deadletter.bicep).
+//   Its name is fixed (`<account>-events`), so every environment on this lake shares it; each
+//   environment's subscriptions have their own names (lake-subscriptions.bicep).
 
 param lakeStorageAccountName string
 param goldContainerName string
@@ -18,8 +21,6 @@ param systemTopicName string
 param tags object
 
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1' // Storage Blob Data Reader
-var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
-var blobTriggerPoisonQueueName = 'webjobs-blobtrigger-poison'
 
 resource lake 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: lakeStorageAccountName
@@ -35,31 +36,11 @@ resource goldContainer 'Microsoft.Storage/storageAccounts/blobServices/container
   name: goldContainerName
 }
 
-resource lakeQueueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' existing = {
-  parent: lake
-  name: 'default'
-}
-
-resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
-  parent: lakeQueueService
-  name: blobTriggerPoisonQueueName
-}
-
 resource goldReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(goldContainer.id, identityPrincipalId, storageBlobDataReader)
   scope: goldContainer
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
-    principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource poisonQueueWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(poisonQueue.id, identityPrincipalId, storageQueueDataContributor)
-  scope: poisonQueue
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributor)
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }

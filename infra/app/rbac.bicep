@@ -1,4 +1,5 @@
-// Role assignments in the app's resource group. The lake's are in lake.bicep; the Key Vault one is
+// Role assignments in the app's resource group. The lake's are in lake.bicep (deployed by
+// infra/lake-access.bicep, with the dead-letter writer in deadletter.bicep); the Key Vault one is
 // in keyvault.bicep. README.md (Deploying to Azure) has the full table with the reason for each role.
 
 param storageAccountName string
@@ -6,13 +7,9 @@ param applicationInsightsName string
 param identityPrincipalId string
 @description('Object id of a developer user who gets the same storage data roles. Empty: none.')
 param developerPrincipalId string
-param deadLetterContainerName string
-@description('Principal id of the lake system topic identity that writes dead-lettered events. Empty: none.')
-param deadLetterWriterPrincipalId string
 
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
-var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
@@ -31,12 +28,9 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
-  name: '${storageAccountName}/default/${deadLetterContainerName}'
-}
-
 // The app identity on its own storage: blob (host keys, leases, timer monitors, blob receipts and
-// the deployment package), queues (blob trigger queue, refresh jobs) and tables (state, outcomes).
+// the deployment package), queues (the blob trigger's internal and poison queues, refresh jobs) and
+// tables (state, outcomes).
 resource appStorageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for roleId in storageRoles: {
   name: guid(storage.id, identityPrincipalId, roleId)
   scope: storage
@@ -64,17 +58,6 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
     principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// The lake system topic's identity writes undeliverable events to the dead-letter container only.
-resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deadLetterWriterPrincipalId)) {
-  name: guid(deadLetterContainer.id, deadLetterWriterPrincipalId, storageBlobDataContributor)
-  scope: deadLetterContainer
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
-    principalId: deadLetterWriterPrincipalId
     principalType: 'ServicePrincipal'
   }
 }

@@ -112,6 +112,13 @@ resource refreshQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@20
   name: refreshQueueName
 }
 
+// Where the blob trigger (on_delta_commit) puts a commit whose function failed maxDequeueCount times:
+// LAKE_STORAGE__queueServiceUri points at this account (function.bicep), not at the lake.
+resource blobTriggerPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: 'webjobs-blobtrigger-poison'
+}
+
 resource refreshPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: '${refreshQueueName}-poison'

@@ -1,4 +1,4 @@
-# Step 2 of the deployment: create the lake's Event Grid subscriptions (infra/eventgrid.bicep).
+# Step 3 of the deployment: this environment's Event Grid subscriptions (infra/eventgrid.bicep).
 # Windows twin of postdeploy.sh (azd postdeploy hook); same inputs and behaviour:
 #   $env:AZURE_RESOURCE_GROUP = '<rg>'; $env:MAIN_DEPLOYMENT_NAME = '<name>'; ./infra/scripts/postdeploy.ps1
 # It never prints a key.
@@ -48,7 +48,7 @@ for ($i = 1; ; $i++) {
     Start-Sleep -Seconds $keyWait
 }
 
-$deploymentName = if ($env:EVENTGRID_DEPLOYMENT_NAME) { $env:EVENTGRID_DEPLOYMENT_NAME } else { 'lake-eventgrid' }
+$deploymentName = if ($env:EVENTGRID_DEPLOYMENT_NAME) { $env:EVENTGRID_DEPLOYMENT_NAME } else { "eventgrid-$app" }
 Write-Host "postdeploy: deploying infra/eventgrid.bicep (subscriptions on $topic in $topicRg)"
 for ($n = 1; ; $n++) {
     az deployment group create -g $rg -n $deploymentName -f (Join-Path $infra 'eventgrid.bicep') `
@@ -62,4 +62,4 @@ for ($n = 1; ; $n++) {
     Write-Host "postdeploy: retrying in $retryWait s (webhook validation fails while the host starts)"
     Start-Sleep -Seconds $retryWait
 }
-Write-Host 'postdeploy: Event Grid subscriptions are in place'
+Write-Host 'postdeploy: Event Grid subscriptions are in place (remove them with ./infra/scripts/remove-lake-side.sh)'

@@ -1,10 +1,14 @@
 #!/bin/sh
-# Step 2 of the deployment: create the lake's Event Grid subscriptions (infra/eventgrid.bicep).
+# Step 3 of the deployment: this environment's Event Grid subscriptions on the lake's system topic
+# (infra/eventgrid.bicep), as a deployment of its own (azd never sees it; remove it with
+# infra/scripts/remove-lake-side.sh).
 #
 # azd runs this as the postdeploy hook, with the outputs of infra/main.bicep in the environment.
 # On the plain az path, run it after the code is deployed, naming the main deployment:
 #   AZURE_RESOURCE_GROUP=<rg> MAIN_DEPLOYMENT_NAME=<name> ./infra/scripts/postdeploy.sh
-# and it reads the outputs from that deployment. Needs the Azure CLI, logged in.
+# and it reads the outputs from that deployment. Needs the Azure CLI, logged in, with: Contributor
+# on the app resource group, EventGrid Contributor on the topic's resource group, and Reader on the
+# lake storage account (eventgrid.bicep reads its endpoints).
 #
 # It waits until the host has the system keys the webhooks need (blobs_extension and
 # eventgrid_extension exist only once the deployed code's blob trigger and Event Grid trigger have
@@ -13,30 +17,7 @@
 set -eu
 
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
-infra=$(CDPATH='' cd -- "$here/.." && pwd)
-
-: "${AZURE_RESOURCE_GROUP:?set AZURE_RESOURCE_GROUP to the app resource group (azd sets it)}"
-rg=$AZURE_RESOURCE_GROUP
-main_deployment=${MAIN_DEPLOYMENT_NAME:-}
-
-# The value of a main.bicep output: from the environment (azd), else from the named deployment.
-output() {
-    eval "value=\${$1:-}"
-    if [ -z "$value" ] && [ -n "$main_deployment" ]; then
-        value=$(az deployment group show -g "$rg" -n "$main_deployment" \
-            --query "properties.outputs.$1.value" -o tsv --only-show-errors)
-    fi
-    printf '%s' "$value"
-}
-
-required() {
-    value=$(output "$1")
-    if [ -z "$value" ]; then
-        echo "postdeploy: $1 is not set (run azd provision, or set MAIN_DEPLOYMENT_NAME)" >&2
-        exit 1
-    fi
-    printf '%s' "$value"
-}
+. "$here/outputs.sh"
 
 app=$(required AZURE_FUNCTION_APP_NAME)
 storage=$(required AZURE_STORAGE_ACCOUNT_NAME)
@@ -71,9 +52,9 @@ while :; do
     sleep "$key_wait"
 done
 
-echo "postdeploy: deploying infra/eventgrid.bicep (subscriptions on $topic in $topic_rg)"
+echo "postdeploy: deploying infra/eventgrid.bicep ($app-commit-created/-renamed on $topic in $topic_rg)"
 n=0
-until az deployment group create -g "$rg" -n "${EVENTGRID_DEPLOYMENT_NAME:-lake-eventgrid}" \
+until az deployment group create -g "$rg" -n "${EVENTGRID_DEPLOYMENT_NAME:-eventgrid-$app}" \
     -f "$infra/eventgrid.bicep" --only-show-errors -o none \
     -p functionAppName="$app" storageAccountName="$storage" \
        lakeStorageAccountName="$lake" lakeResourceGroupName="$lake_rg" goldContainerName="$gold" \
@@ -87,4 +68,4 @@ until az deployment group create -g "$rg" -n "${EVENTGRID_DEPLOYMENT_NAME:-lake-
     echo "postdeploy: retrying in $retry_wait s (webhook validation fails while the host starts)"
     sleep "$retry_wait"
 done
-echo "postdeploy: Event Grid subscriptions are in place"
+echo "postdeploy: Event Grid subscriptions are in place (remove them with ./infra/scripts/remove-lake-side.sh)"
