@@ -32,7 +32,8 @@ class World:
         self.fn = registered
         ws = sim.add_workspace("Finance Analytics", dedicated=True)
         self.dataset = sim.add_dataset(ws, "Sales Model")
-        self.app = make_app(azurite.connection_string, CONFIG, token=token, POWERBI_API_URL=sim.base_url)
+        self.app = make_app(azurite.connection_string, CONFIG, token=token, POWERBI_API_URL=sim.base_url,
+                            WEBSITE_AUTH_ENABLED="True")
         self.clock = self.app.clock
         self.app.__dict__["queue"] = VirtualQueue(self.app.queue, self.clock)
         set_app(self.app)
@@ -40,7 +41,10 @@ class World:
                          poison=registered["on_refresh_poison"])
 
     def post(self, body: dict, who: str | None = None) -> func.HttpResponse:
-        headers = {"x-ms-client-principal-name": who} if who else {}
+        headers = {"Content-Type": "application/json"}
+        if who:  # as App Service authentication sets them (trusted only with WEBSITE_AUTH_ENABLED)
+            headers.update({"x-ms-client-principal-name": who, "x-ms-client-principal-idp": "aad",
+                            "x-ms-client-principal-id": "00000000-0000-0000-0000-000000000001"})
         req = func.HttpRequest("POST", HOST + "/api/refreshes", headers=headers, params={}, route_params={},
                                body=json.dumps(body, ensure_ascii=False).encode())
         return self.fn["request_refresh"](req)
