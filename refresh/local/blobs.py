@@ -98,6 +98,7 @@ def binding_kind(func: Callable[..., Any], arg: str) -> str:
         except (KeyError, TypeError, ValueError):
             return "stream"
     if isinstance(annotation, str):
+        annotation = annotation.strip("'\" ")
         name = annotation.rsplit(".", 1)[-1]
         return SDK_KINDS.get(name, "stream") if "blob" in annotation.lower() or name in SDK_KINDS else "stream"
     name, module = getattr(annotation, "__name__", ""), str(getattr(annotation, "__module__", ""))

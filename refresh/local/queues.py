@@ -123,12 +123,13 @@ class QueueRunner:
     def _wait_for_room(self) -> int:
         """Block while more than ``newBatchThreshold`` messages are in flight (the host fetches no new batch
         then); returns how many are in flight. Wakes to renew locks, on a completion and at stop."""
+        def room() -> bool:
+            return len(self._inflight) <= self.options.new_batch_threshold or self.stop_event.is_set()
+
         while True:
             with self._changed:
-                busy = len(self._inflight)
-                if busy <= self.options.new_batch_threshold or self.stop_event.is_set():
-                    return busy
-                self._changed.wait(self.lock_seconds / 3)
+                if self._changed.wait_for(room, self.lock_seconds / 3):
+                    return len(self._inflight)
             self._renew_locks()
 
     def _wait_woken(self, timeout: float) -> bool:
