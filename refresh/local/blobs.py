@@ -25,7 +25,7 @@ delivered only with ``replay_existing`` (``--replay-existing``); the app's sweep
 safety net for commits written while nothing listened. Each blob name is delivered at most once
 while it exists (a commit that is deleted and written again is delivered again).
 
-Cost, independent of the number of tables: every ``rescan_seconds`` (1 s; stretched to 4x the last
+Cost, independent of the number of tables: every ``rescan_seconds`` (0.5 s; stretched to 4x the last
 scan's duration on large containers) one names-only listing of the whole container (one request per
 5,000 blobs) finds new tables and new commits. Tables that committed in the last minute are *hot*:
 each poll (every 250 ms) lists just the 10-version "decade" of their ``_delta_log/`` that holds the
@@ -168,7 +168,7 @@ class LakeWatcher:
 
     def __init__(self, container: Any, container_name: str, blob_targets: list[BlobTarget],
                  event_targets: list[EventTarget], invoker: Invoker, scheduler: Scheduler, stop: threading.Event,
-                 *, poll_seconds: float = 0.25, rescan_seconds: float = 1.0, replay_existing: bool = False,
+                 *, poll_seconds: float = 0.25, rescan_seconds: float = 0.5, replay_existing: bool = False,
                  queues: QueueOptions | None = None, blob_parallelism: int = 8,
                  poison: Callable[[dict[str, Any]], None] | None = None, hot_seconds: float = HOT_SECONDS) -> None:
         self.container = container
