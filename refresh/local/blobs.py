@@ -25,12 +25,12 @@ delivered only with ``replay_existing`` (``--replay-existing``); the app's sweep
 safety net for commits written while nothing listened. Each blob name is delivered at most once
 while it exists (a commit that is deleted and written again is delivered again).
 
-Cost, independent of the number of tables: every ``rescan_seconds`` (0.5 s; stretched to 4x the last
-scan's duration on large containers) one names-only listing of the whole container (one request per
-5,000 blobs) finds new tables and new commits. Tables that committed in the last minute are *hot*:
-each poll (every 250 ms) lists just the 10-version "decade" of their ``_delta_log/`` that holds the
-next version, so a burst is followed closely. An idle lake costs one listing per scan and nothing
-per poll.
+Cost, independent of the number of tables: every ``rescan_seconds`` (0.25 s, the poll interval;
+on a large container at least 8x the last scan's duration) one names-only listing of the whole
+container (one request per 5,000 blobs) finds new tables and new commits. Tables that committed in
+the last minute are *hot*: each poll (every 250 ms) also lists just the 10-version "decade" of their
+``_delta_log/`` that holds the next version, so a burst is followed closely even when the container
+scan is stretched. An idle lake costs one listing per scan and nothing else.
 
 Failures: a blob trigger is retried after ``visibilityTimeout`` up to ``maxDequeueCount`` times,
 then a message goes to ``webjobs-blobtrigger-poison`` (as the host does); an Event Grid delivery
@@ -62,6 +62,7 @@ LOG_DIR = "_delta_log/"
 EVENT_GRID_RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 600.0)
 SLOW_LISTING_SECONDS = 2.0
 HOT_SECONDS = 60.0
+SCAN_DUTY = 8  # the next scan waits at least 8x the last one's duration (large containers)
 CREATED = "Microsoft.Storage.BlobCreated"
 RENAMED = "Microsoft.Storage.BlobRenamed"
 _VERSION = re.compile(r"^(\d{20})")
@@ -168,7 +169,7 @@ class LakeWatcher:
 
     def __init__(self, container: Any, container_name: str, blob_targets: list[BlobTarget],
                  event_targets: list[EventTarget], invoker: Invoker, scheduler: Scheduler, stop: threading.Event,
-                 *, poll_seconds: float = 0.25, rescan_seconds: float = 0.5, replay_existing: bool = False,
+                 *, poll_seconds: float = 0.25, rescan_seconds: float = 0.25, replay_existing: bool = False,
                  queues: QueueOptions | None = None, blob_parallelism: int = 8,
                  poison: Callable[[dict[str, Any]], None] | None = None, hot_seconds: float = HOT_SECONDS) -> None:
         self.container = container
@@ -217,7 +218,7 @@ class LakeWatcher:
                     first = False
                     self.ready.set()
                     took = time.monotonic() - started
-                    next_scan = started + max(self.rescan_seconds, 4 * took)
+                    next_scan = started + max(self.rescan_seconds, SCAN_DUTY * took)
                 self.poll()
                 self._last_error = ""
             except Exception as exc:

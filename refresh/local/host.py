@@ -409,7 +409,7 @@ class HostOptions:
     http_host: str = "127.0.0.1"
     port: int = 7071
     lake_poll_seconds: float = 0.25
-    lake_rescan_seconds: float = 0.5
+    lake_rescan_seconds: float = 0.25
     message_lock_seconds: float = 60.0
     replay_existing: bool = False
     run_timers_now: bool = False
