@@ -519,7 +519,8 @@ class LocalHost:
             watcher = LakeWatcher(
                 self.blob_service(connection).get_container_client(container), container, targets, event_targets,
                 self.invoker, self.scheduler, self.stop_event, poll_seconds=self.options.lake_poll_seconds,
-                rescan_seconds=self.options.lake_rescan_seconds, replay_existing=self.options.replay_existing,
+                rescan_seconds=max(self.options.lake_rescan_seconds, self.options.lake_poll_seconds),
+                replay_existing=self.options.replay_existing,
                 queues=self.config.queues, blob_parallelism=self.config.blob_parallelism,
                 poison=self._blob_poison_sender(),
             )
