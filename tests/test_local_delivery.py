@@ -302,6 +302,7 @@ def test_the_queue_poller_waits_for_room_instead_of_looping(azurite, unique):
         assert loops["renewals"] - renewals <= 1  # at most a lock renewal (every 10 s), no loop
     finally:
         held.set()
+        wait_for(lambda: runner.in_flight == 0)
         stop.set()
         runner.wake()
         invoker.shutdown(5)
