@@ -239,7 +239,7 @@ def report(mode: str, samples: list[Sample]) -> None:
     print(row("  lake watcher (seen)", [s.lake_wait for s in samples]))
     print(row("  queue poller (received)", [s.queue_wait for s in samples]))
     print(row("processing", [s.processing for s in samples]))
-    print(row("  detection (both triggers)", [s.detection for s in samples]))
+    print(row("  detection (its trigger)", [s.detection for s in samples]))
     print(row("  worker (receive -> POST)", [s.worker for s in samples]))
     missing = sum(1 for s in samples if s.seen is None or s.received is None)
     if missing:

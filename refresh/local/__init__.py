@@ -8,10 +8,12 @@ its part for local development and for the end-to-end tests. It hosts the functi
 * :mod:`refresh.local.settings`: app settings (``local.settings.json`` ``Values`` under the
   environment, as Core Tools does), ``%SETTING%`` binding expressions, ``host.json``;
 * :mod:`refresh.local.host`: loads the app once, builds one runner per trigger, invokes functions
-  on a thread pool with the binding objects the Python worker would build, logs readable lines;
+  on bounded pools (one per trigger kind) with the binding objects the Python worker would build,
+  logs readable lines;
 * :mod:`refresh.local.queues`: queue triggers (polling, peek-lock, redelivery, poison queue);
 * :mod:`refresh.local.blobs`: the lake watcher standing in for Event Grid (Azurite sends no
-  events): BlobCreated for new Delta commits, to the blob trigger and to Event Grid triggers;
+  events): each new Delta commit to exactly one consumer, as the subscriptions in ``infra/`` do
+  (BlobCreated to the blob trigger, BlobRenamed to the Event Grid trigger);
 * :mod:`refresh.local.timers`: NCRONTAB timer triggers;
 * :mod:`refresh.local.http`: HTTP triggers on ``127.0.0.1:<port>/api/...``;
 * :mod:`refresh.local.demo`: ``--demo``, a small gold layer and commits to watch;

@@ -1,26 +1,36 @@
 """The lake watcher: Event Grid's part, played locally (Azurite sends no blob events).
 
-In Azure the lake's system topic sends ``Microsoft.Storage.BlobCreated`` for each new Delta commit
-to the blob trigger (``on_delta_commit``, ``source=EventGrid``) and to the Event Grid trigger
-(``on_lake_event``), filtered to names under ``/_delta_log/`` ending in ``.json``
-(infra/app/lake-subscriptions.bicep). Locally a watcher per watched container lists the Delta logs
-and delivers the same thing for every commit blob that appears while it runs:
+In Azure each event kind of a Delta commit has exactly one consumer (infra/): ``BlobCreated`` of a
+``/_delta_log/*.json`` blob (delta-rs and other PUT-style writers) goes to the blob trigger
+(``on_delta_commit``, ``source=EventGrid``) only, and ``BlobRenamed`` (Spark and Databricks on ADLS
+Gen2 commit by renaming a temp file) goes to the Event Grid trigger (``on_lake_event``) only.
+Locally a watcher per watched container finds every commit blob that appears while it runs and
+delivers it the same way (:meth:`LakeWatcher.route` for events built from the documented schema):
 
-* the blob trigger gets an ``azure.functions.blob.InputStream`` (name ``<container>/<blob>``,
-  uri, length, the content), if the blob name matches the trigger's path pattern; a blob that is
-  gone by then is skipped, as the host does;
-* every Event Grid trigger gets the ``azure.functions.EventGridEvent`` of the BlobCreated event in
+* to each blob trigger whose path pattern matches it, with what the function's parameter declares
+  (:func:`binding_kind`): an ``azure.storage.blob.BlobClient`` for the blob when it is annotated
+  with the SDK type (``azurefunctions.extensions.bindings.blob.BlobClient``, or the SDK's own class;
+  built from the trigger's connection, nothing downloaded: one HEAD checks the blob is still there),
+  a ``ContainerClient`` or ``StorageStreamDownloader`` likewise, else an
+  ``azure.functions.blob.InputStream`` with the content (name ``<container>/<blob>``, uri, length);
+  a blob that is gone by then is skipped, as the host does;
+* only when no blob trigger takes it, to every Event Grid trigger as the ``BlobCreated`` event in
   the documented schema (``refresh.testing.events``).
+
+Azurite has no hierarchical namespace, so it never renames: a ``BlobRenamed`` reaches the Event Grid
+trigger through :meth:`LakeWatcher.route` or the host's ``/runtime/webhooks/EventGrid`` endpoint.
 
 Events are for new writes only, as in Azure: blobs that exist when the runtime starts are
 delivered only with ``replay_existing`` (``--replay-existing``); the app's sweep timer is the
-safety net for commits written while nothing listened. Each blob (name and ETag) is delivered at
-most once per process.
+safety net for commits written while nothing listened. Each blob name is delivered at most once
+while it exists (a commit that is deleted and written again is delivered again).
 
-Cost per poll (default every 250 ms): one small listing per table, of the 10-version "decade" of
-its ``_delta_log/`` that holds the next version (``<table>/_delta_log/<first 19 digits>``), plus
-the next decade when that one is full. New tables are found by a folder walk every couple of
-seconds that never lists inside a known table. Data files are never listed.
+Cost, independent of the number of tables: every ``rescan_seconds`` (0.25 s, the poll interval;
+on a large container at least 8x the last scan's duration) one names-only listing of the whole
+container (one request per 5,000 blobs) finds new tables and new commits. Tables that committed in
+the last minute are *hot*: each poll (every 250 ms) also lists just the 10-version "decade" of their
+``_delta_log/`` that holds the next version, so a burst is followed closely even when the container
+scan is stretched. An idle lake costs one listing per scan and nothing else.
 
 Failures: a blob trigger is retried after ``visibilityTimeout`` up to ``maxDequeueCount`` times,
 then a message goes to ``webjobs-blobtrigger-poison`` (as the host does); an Event Grid delivery
@@ -30,14 +40,17 @@ an error (Azure would dead-letter it).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from ..deltalog import split_commit_path
 from .host import FunctionSpec, Invoker, Scheduler
@@ -46,10 +59,14 @@ from .settings import QueueOptions
 log = logging.getLogger(__name__)
 
 LOG_DIR = "_delta_log/"
-MAX_DEPTH = 12
 EVENT_GRID_RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 600.0)
 SLOW_LISTING_SECONDS = 2.0
+HOT_SECONDS = 60.0
+SCAN_DUTY = 8  # the next scan waits at least 8x the last one's duration (large containers)
+CREATED = "Microsoft.Storage.BlobCreated"
+RENAMED = "Microsoft.Storage.BlobRenamed"
 _VERSION = re.compile(r"^(\d{20})")
+_SUBJECT = "/blobServices/default/containers/"
 
 
 def wanted(name: str) -> bool:
@@ -63,9 +80,37 @@ def describe_blob(container: str, name: str) -> str:
     return f"{found[0]} v{found[1]}" if found else f"{container}/{name}"
 
 
+#: SDK types a blob trigger parameter may declare (azurefunctions-extensions-bindings-blob), by class name.
+SDK_KINDS = {"BlobClient": "client", "ContainerClient": "container", "StorageStreamDownloader": "downloader"}
+_SDK_MODULES = ("azurefunctions.extensions.bindings.blob", "azure.storage.blob")
+
+
+def binding_kind(func: Callable[..., Any], arg: str) -> str:
+    """What a blob trigger's function wants for ``arg``: ``client``, ``container``, ``downloader`` (the SDK
+    types of azurefunctions-extensions-bindings-blob, or the SDK's own classes) or ``stream``
+    (``func.InputStream``, also for no annotation)."""
+    try:
+        annotation = typing.get_type_hints(func).get(arg)
+    except Exception:  # an annotation that does not resolve: read it as written
+        annotation = None
+    if annotation is None:
+        try:
+            annotation = inspect.signature(func).parameters[arg].annotation
+        except (KeyError, TypeError, ValueError):
+            return "stream"
+    if isinstance(annotation, str):
+        annotation = annotation.strip("'\" ")
+        name = annotation.rsplit(".", 1)[-1]
+        return SDK_KINDS.get(name, "stream") if "blob" in annotation.lower() or name in SDK_KINDS else "stream"
+    name, module = getattr(annotation, "__name__", ""), str(getattr(annotation, "__module__", ""))
+    if name in SDK_KINDS and module.startswith(_SDK_MODULES):
+        return SDK_KINDS[name]
+    return "stream"
+
+
 @dataclass
 class BlobTarget:
-    """A blob trigger: its function, argument name, connection, container and name pattern."""
+    """A blob trigger: its function, argument name, connection, container, name pattern and binding kind."""
 
     spec: FunctionSpec
     arg: str
@@ -73,6 +118,7 @@ class BlobTarget:
     container: str
     pattern: re.Pattern[str]
     path: str
+    kind: str = "stream"
 
     @classmethod
     def from_binding(cls, spec: FunctionSpec, trigger: Mapping[str, Any]) -> BlobTarget:
@@ -84,8 +130,9 @@ class BlobTarget:
             f"(?P<{part[1:-1]}>.*)" if part.startswith("{") and part.endswith("}") else re.escape(part)
             for part in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", pattern or "{name}")
         )
-        return cls(spec, str(trigger["name"]), str(trigger.get("connection") or "AzureWebJobsStorage"),
-                   container.lower(), re.compile(f"^{regex}$"), path)
+        arg = str(trigger["name"])
+        return cls(spec, arg, str(trigger.get("connection") or "AzureWebJobsStorage"), container.lower(),
+                   re.compile(f"^{regex}$"), path, binding_kind(spec.func, arg))
 
     def matches(self, name: str) -> bool:
         return bool(self.pattern.match(name))
@@ -101,29 +148,30 @@ class EventTarget:
 
 @dataclass
 class NewBlob:
-    """A blob the watcher saw appear."""
+    """A blob the watcher saw appear (ETag and size are filled in when it is delivered)."""
 
     name: str
-    etag: str
-    size: int
-    noticed: float
+    etag: str = ""
+    size: int = 0
+    noticed: float = 0.0
 
 
 @dataclass
 class _Table:
     root: str
-    frontier: int = -1                                   # highest commit version seen
-    seen: dict[str, str] = field(default_factory=dict)   # blob name -> ETag delivered (recent decades)
+    frontier: int = -1                               # highest commit version seen
+    seen: set[str] = field(default_factory=set)      # commit blob names seen (all of the log)
+    hot_until: float = 0.0                           # probed every poll until then (monotonic)
 
 
 class LakeWatcher:
-    """Watches the Delta logs of one container and delivers BlobCreated for each new commit blob."""
+    """Watches the Delta logs of one container and delivers each new commit blob to its one consumer."""
 
     def __init__(self, container: Any, container_name: str, blob_targets: list[BlobTarget],
                  event_targets: list[EventTarget], invoker: Invoker, scheduler: Scheduler, stop: threading.Event,
-                 *, poll_seconds: float = 0.25, rescan_seconds: float = 2.0, replay_existing: bool = False,
+                 *, poll_seconds: float = 0.25, rescan_seconds: float = 0.25, replay_existing: bool = False,
                  queues: QueueOptions | None = None, blob_parallelism: int = 8,
-                 poison: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 poison: Callable[[dict[str, Any]], None] | None = None, hot_seconds: float = HOT_SECONDS) -> None:
         self.container = container
         self.container_name = container_name
         self.blob_targets = blob_targets
@@ -133,13 +181,15 @@ class LakeWatcher:
         self.stop_event = stop
         self.poll_seconds = poll_seconds
         self.rescan_seconds = rescan_seconds
+        self.hot_seconds = hot_seconds
         self.replay_existing = replay_existing
         self.queues = queues or QueueOptions()
         self.poison = poison
         self.tables: dict[str, _Table] = {}
         self.delivered = 0
         self.ready = threading.Event()   # set after the first scan (the baseline)
-        self._blob_slots = threading.BoundedSemaphore(max(1, blob_parallelism))
+        invoker.set_pool_size("blob", max(1, blob_parallelism))  # host.json blobs.maxDegreeOfParallelism
+        self._count_lock = threading.Lock()
         self._probe_pool: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._loop, name=f"lake-{container_name}", daemon=True)
         self._last_error = ""
@@ -159,15 +209,16 @@ class LakeWatcher:
 
     def _loop(self) -> None:
         first = True
-        next_rescan = 0.0
+        next_scan = 0.0
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
-                if started >= next_rescan:
+                if started >= next_scan:
                     self.rescan(initial=first)
                     first = False
                     self.ready.set()
-                    next_rescan = started + self.rescan_seconds
+                    took = time.monotonic() - started
+                    next_scan = started + max(self.rescan_seconds, SCAN_DUTY * took)
                 self.poll()
                 self._last_error = ""
             except Exception as exc:
@@ -177,50 +228,54 @@ class LakeWatcher:
                     self._last_error = text
             self.stop_event.wait(max(0.0, self.poll_seconds - (time.monotonic() - started)))
 
-    # finding tables -----------------------------------------------------------------------------
+    # scanning -----------------------------------------------------------------------------------
     def rescan(self, initial: bool = False) -> list[str]:
-        """Find table roots not known yet; returns the new ones. On the first scan they are the baseline."""
+        """One names-only listing of the container: new tables and new commits of every table. Returns the
+        tables not known before; on the first scan (``initial``) what exists is the baseline."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        found: list[str] = []
-        stack: list[tuple[str, int]] = [("", 0)]
+        started = time.monotonic()
+        by_root: dict[str, list[str]] = {}
         try:
-            while stack:
-                prefix, depth = stack.pop()
-                children, is_table = [], False
-                for item in self.container.walk_blobs(name_starts_with=prefix or None, delimiter="/"):
-                    name = item.name
-                    if not name.endswith("/"):
-                        continue
-                    if name == prefix + LOG_DIR:
-                        is_table = True
-                    else:
-                        children.append(name)
-                if is_table:
-                    if prefix:
-                        found.append(prefix.rstrip("/"))
+            for name in self.container.list_blob_names(results_per_page=5000):
+                if not wanted(name):
                     continue
-                if depth < MAX_DEPTH:
-                    stack.extend((c, depth + 1) for c in children if c.rstrip("/") not in self.tables)
+                cut = name.find("/" + LOG_DIR)
+                if cut > 0:  # a table at the container's root is not a gold table
+                    by_root.setdefault(name[:cut], []).append(name)
         except ResourceNotFoundError:
             return []  # the container does not exist yet
-        for root in sorted(found):
-            table = _Table(root)
-            deliver = self.replay_existing or not initial
-            blobs = self._list(f"{root}/{LOG_DIR}", table)
-            self.tables[root] = table
-            if deliver:
-                log.info("lake watcher: new table %s/%s (%s commit files)", self.container_name, root, len(blobs))
-                for blob in blobs:
-                    self.deliver(blob)
-            else:
-                log.debug("lake watcher: existing table %s at version %s", root, table.frontier)
+        noticed = time.time()
+        self._slow("the container", started)
+        deliver = self.replay_existing or not initial
+        found = []
+        for root in sorted(by_root):
+            table = self.tables.get(root)
+            if table is None:
+                table = self.tables[root] = _Table(root)
+                found.append(root)
+                if deliver:
+                    log.info("lake watcher: new table %s/%s (%s commit files)", self.container_name, root,
+                             len(by_root[root]))
+                else:
+                    log.debug("lake watcher: existing table %s", root)
+            current = set(by_root[root])
+            fresh = sorted(current - table.seen)
+            table.seen = current  # commits deleted since are forgotten
+            self._advance(table, fresh)
+            if fresh and deliver:
+                table.hot_until = time.monotonic() + self.hot_seconds
+                for name in fresh:
+                    self.deliver(NewBlob(name, noticed=noticed))
+        for root in [r for r in self.tables if r not in by_root]:
+            del self.tables[root]  # the table is gone
         return found
 
     # polling ------------------------------------------------------------------------------------
     def poll(self) -> int:
-        """Probe every known table once; returns how many new blobs were delivered."""
-        tables = list(self.tables.values())
+        """Probe the hot tables (those that committed lately) once; returns how many new blobs were delivered."""
+        now = time.monotonic()
+        tables = [t for t in list(self.tables.values()) if t.hot_until > now]
         if len(tables) > 2:
             if self._probe_pool is None:
                 self._probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lake-probe")
@@ -228,64 +283,79 @@ class LakeWatcher:
         return sum(self._probe(t) for t in tables)
 
     def _probe(self, table: _Table) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
         delivered = 0
         while True:
             nxt = table.frontier + 1
             decade = f"{nxt:020d}"[:19]
             before = table.frontier
-            blobs = self._list(f"{table.root}/{LOG_DIR}{decade}", table)
-            for blob in blobs:
-                self.deliver(blob)
-            delivered += len(blobs)
+            prefix = f"{table.root}/{LOG_DIR}{decade}"
+            started = time.monotonic()
+            try:
+                names = list(self.container.list_blob_names(name_starts_with=prefix))
+            except ResourceNotFoundError:
+                return delivered
+            noticed = time.time()
+            self._slow(prefix, started)
+            fresh = sorted(n for n in names if wanted(n) and n not in table.seen)
+            table.seen.update(fresh)
+            self._advance(table, fresh)
+            for name in fresh:
+                self.deliver(NewBlob(name, noticed=noticed))
+            delivered += len(fresh)
             if table.frontier >= nxt and table.frontier % 10 == 9 and table.frontier != before:
                 continue  # that decade is full: the next commit is in the next one
             break
-        floor = (table.frontier + 1) // 10 * 10 - 10
-        if len(table.seen) > 40:
-            table.seen = {n: e for n, e in table.seen.items() if _version_of(n, table.root) >= floor}
+        if delivered:
+            table.hot_until = time.monotonic() + self.hot_seconds
         return delivered
 
-    def _list(self, prefix: str, table: _Table) -> list[NewBlob]:
-        """New blobs under ``prefix`` (recorded as seen; the table's frontier moved)."""
-        from azure.core.exceptions import ResourceNotFoundError
+    def _advance(self, table: _Table, names: list[str]) -> None:
+        for name in names:
+            version = _version_of(name, table.root)
+            if version > table.frontier:
+                table.frontier = version
 
-        started = time.monotonic()
-        try:
-            items = list(self.container.list_blobs(name_starts_with=prefix))
-        except ResourceNotFoundError:
-            return []
-        noticed = time.time()
+    def _slow(self, what: str, started: float) -> None:
         if time.monotonic() - started > SLOW_LISTING_SECONDS:
-            log.warning("lake watcher: listing %s took %.1f s (storage slow or retrying)", prefix,
+            log.warning("lake watcher: listing %s took %.1f s (storage slow or retrying)", what,
                         time.monotonic() - started)
-        fresh = []
-        log_prefix = f"{table.root}/{LOG_DIR}"
-        for item in items:
-            name = item.name
-            if not wanted(name):
-                continue
-            rest = name[len(log_prefix):]
-            match = _VERSION.match(rest)
-            if match and rest == match.group(1) + ".json":
-                table.frontier = max(table.frontier, int(match.group(1)))
-            etag = str(item.etag)
-            if table.seen.get(name) == etag:
-                continue
-            table.seen[name] = etag
-            fresh.append(NewBlob(name, etag, int(item.size or 0), noticed))
-        fresh.sort(key=lambda b: b.name)
-        return fresh
 
     # delivering ---------------------------------------------------------------------------------
-    def deliver(self, blob: NewBlob) -> None:
-        """Hand a new blob to every matching blob trigger and every Event Grid trigger."""
-        self.delivered += 1
-        event = self.created_event(blob)
-        for target in self.blob_targets:
-            if target.matches(blob.name):
-                self._submit(lambda t=target: self._run_blob(t, blob, 1))
+    def deliver(self, blob: NewBlob) -> int:
+        """BlobCreated of ``blob``: to every blob trigger whose path matches it, else to every Event Grid trigger
+        (one consumer per event kind, as the lake's subscriptions). Returns the number of functions."""
+        with self._count_lock:
+            self.delivered += 1
+        targets = [t for t in self.blob_targets if t.matches(blob.name)]
+        for target in targets:
+            self._submit(lambda t=target: self._run_blob(t, blob, 1), "blob")
+        if targets:
+            return len(targets)
         for target in self.event_targets:
-            self._submit(lambda t=target: self.run_event(t, event, 1, blob.noticed))
+            self._submit(lambda t=target: self._run_created(t, blob), "eventgrid")
+        return len(self.event_targets)
+
+    def route(self, event: Mapping[str, Any]) -> int:
+        """Deliver one storage event of this container the way the subscriptions do: ``BlobCreated`` as
+        :meth:`deliver`, ``BlobRenamed`` to the Event Grid triggers only. Returns the number of functions."""
+        kind = event.get("eventType")
+        if kind == CREATED:
+            subject = str(event.get("subject", ""))
+            container, _, name = subject[len(_SUBJECT):].partition("/blobs/") if subject.startswith(_SUBJECT) \
+                else ("", "", "")
+            if container != self.container_name or not name:
+                return 0
+            data = event.get("data") if isinstance(event.get("data"), Mapping) else {}
+            return self.deliver(NewBlob(unquote(name), str(data.get("eTag", "")), int(data.get("contentLength") or 0),
+                                        time.time()))
+        if kind == RENAMED:
+            payload = dict(event)
+            for target in self.event_targets:
+                self._submit(lambda t=target: self.run_event(t, payload, 1, time.time()), "eventgrid")
+            return len(self.event_targets)
+        return 0
 
     def created_event(self, blob: NewBlob) -> dict[str, Any]:
         """The ``Microsoft.Storage.BlobCreated`` event Azure would send for ``blob``."""
@@ -297,37 +367,53 @@ class LakeWatcher:
                           f"Microsoft.Storage/storageAccounts/{self.account}")
         return event
 
-    def _submit(self, work: Callable[[], Any]) -> None:
+    def _submit(self, work: Callable[[], Any], pool: str) -> None:
         try:
-            self.invoker.run_in_pool(work)
+            self.invoker.run_in_pool(work, pool)
         except RuntimeError:
             pass  # shutting down
 
-    def _run_blob(self, target: BlobTarget, blob: NewBlob, attempt: int) -> None:
+    def _binding(self, target: BlobTarget, blob: NewBlob) -> Any:
+        """What ``target``'s function receives for ``blob`` (ETag and size filled in); None when it is gone."""
         import azure.functions.blob as fb
         from azure.core.exceptions import ResourceNotFoundError
 
+        client = self.container.get_blob_client(blob.name)
+        try:
+            if target.kind == "stream":
+                downloader = client.download_blob()
+                data = downloader.readall()
+                blob.etag, blob.size = str(downloader.properties.etag), len(data)
+                return fb.InputStream(data=data, name=f"{self.container_name}/{blob.name}", length=len(data),
+                                      uri=f"{self.base_url}/{self.container_name}/{blob.name}")
+            if target.kind == "downloader":
+                downloader = client.download_blob()
+                blob.etag, blob.size = str(downloader.properties.etag), int(downloader.size or 0)
+                return downloader
+            props = client.get_blob_properties()  # the host checks the blob is there; nothing is downloaded
+            blob.etag, blob.size = str(props.etag), int(props.size or 0)
+            return self.container if target.kind == "container" else client
+        except ResourceNotFoundError:
+            return None
+
+    def _run_blob(self, target: BlobTarget, blob: NewBlob, attempt: int) -> None:
         if self.stop_event.is_set():
             return
-        with self._blob_slots:
-            try:
-                data = self.container.download_blob(blob.name).readall()
-            except ResourceNotFoundError:
-                log.info("blob %s/%s is gone; its trigger is skipped", self.container_name, blob.name)
-                return
-            stream = fb.InputStream(data=data, name=f"{self.container_name}/{blob.name}", length=len(data),
-                                    uri=f"{self.base_url}/{self.container_name}/{blob.name}")
-            summary = describe_blob(self.container_name, blob.name) + (f" (attempt {attempt})" if attempt > 1 else "")
-            outcome = self.invoker.call(target.spec, {target.arg: stream}, summary, noticed=blob.noticed,
-                                        detail={"container": self.container_name, "blob": blob.name,
-                                                "attempt": attempt})
+        value = self._binding(target, blob)
+        if value is None:
+            log.info("blob %s/%s is gone; its trigger is skipped", self.container_name, blob.name)
+            return
+        summary = describe_blob(self.container_name, blob.name) + (f" (attempt {attempt})" if attempt > 1 else "")
+        outcome = self.invoker.call(target.spec, {target.arg: value}, summary, noticed=blob.noticed,
+                                    detail={"container": self.container_name, "blob": blob.name, "attempt": attempt})
         if outcome.ok or self.stop_event.is_set():
             return
         if attempt < self.queues.max_dequeue_count:
             delay = self.queues.visibility_timeout
             log.info("%s: blob %s will be retried in %.0f s (attempt %s of %s failed)", target.spec.name,
                      blob.name, delay, attempt, self.queues.max_dequeue_count)
-            self.scheduler.call_later(delay, lambda: self._submit(lambda: self._run_blob(target, blob, attempt + 1)))
+            self.scheduler.call_later(delay, lambda: self._submit(lambda: self._run_blob(target, blob, attempt + 1),
+                                                                  "blob"))
             return
         log.error("%s: blob %s failed %s times; moved to webjobs-blobtrigger-poison", target.spec.name, blob.name,
                   attempt)
@@ -338,6 +424,19 @@ class LakeWatcher:
             except Exception as exc:
                 log.warning("could not write to webjobs-blobtrigger-poison: %s", exc)
 
+    def _run_created(self, target: EventTarget, blob: NewBlob) -> bool:
+        """BlobCreated to an Event Grid trigger (the event carries the blob's ETag and length)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not blob.etag:
+            try:
+                props = self.container.get_blob_client(blob.name).get_blob_properties()
+            except ResourceNotFoundError:
+                log.info("blob %s/%s is gone; no event", self.container_name, blob.name)
+                return False
+            blob.etag, blob.size = str(props.etag), int(props.size or 0)
+        return self.run_event(target, self.created_event(blob), 1, blob.noticed)
+
     def run_event(self, target: EventTarget, event: dict[str, Any], attempt: int, noticed: float | None = None) -> bool:
         """Deliver one Event Grid event (retrying on Event Grid's schedule); True when the function succeeded."""
         from ..testing.events import to_function_event
@@ -345,7 +444,7 @@ class LakeWatcher:
         if self.stop_event.is_set():
             return False
         subject = str(event.get("subject", ""))
-        name = subject.split("/blobs/", 1)[1] if "/blobs/" in subject else subject
+        name = unquote(subject.split("/blobs/", 1)[1]) if "/blobs/" in subject else subject
         short = str(event.get("eventType", "")).rsplit(".", 1)[-1]
         summary = f"{short} {describe_blob(self.container_name, name)}" + (
             f" (attempt {attempt})" if attempt > 1 else "")
@@ -356,7 +455,8 @@ class LakeWatcher:
         if attempt <= len(EVENT_GRID_RETRY_DELAYS):
             delay = EVENT_GRID_RETRY_DELAYS[attempt - 1]
             log.info("%s: event %s will be retried in %.0f s", target.spec.name, event.get("id"), delay)
-            self.scheduler.call_later(delay, lambda: self._submit(lambda: self.run_event(target, event, attempt + 1)))
+            self.scheduler.call_later(delay, lambda: self._submit(lambda: self.run_event(target, event, attempt + 1),
+                                                                  "eventgrid"))
         else:
             log.error("%s: event %s failed %s times; dropped (Azure would dead-letter it)", target.spec.name,
                       event.get("id"), attempt)
@@ -371,10 +471,11 @@ class LakeWatcher:
         except ResourceNotFoundError:
             return False
         blob = NewBlob(name, str(props.etag), int(props.size or 0), time.time())
-        self._submit(lambda: self._run_blob(target, blob, 1))
+        self._submit(lambda: self._run_blob(target, blob, 1), "blob")
         return True
 
 
 def _version_of(name: str, root: str) -> int:
-    match = _VERSION.match(name[len(root) + 1 + len(LOG_DIR):])
-    return int(match.group(1)) if match else -1
+    rest = name[len(root) + 1 + len(LOG_DIR):]
+    match = _VERSION.match(rest)
+    return int(match.group(1)) if match and rest == match.group(1) + ".json" else -1

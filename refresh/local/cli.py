@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deliver BlobCreated for the commits already in the lake at start "
                              "(default: new ones only)")
     parser.add_argument("--lake-poll", type=float, default=0.25, metavar="SECONDS",
-                        help="how often the lake watcher lists the Delta logs (default 0.25)")
+                        help="how often the lake watcher lists the container (default 0.25)")
     parser.add_argument("--message-lock", type=float, default=60.0, metavar="SECONDS",
                         help="how long a received queue message stays locked, renewed while its function runs; "
                              "after a crash it reappears this much later (default 60; the host uses 10 minutes)")

@@ -10,8 +10,13 @@ Supported triggers: ``queueTrigger`` (:mod:`.queues`), ``blobTrigger`` and ``eve
 (:mod:`.http`, with its ``$return`` http output). A function with any other binding is reported
 and not run.
 
-Invocations run on a thread pool (sync functions run in threads on the host too; the size follows
-``PYTHON_THREADPOOL_THREAD_COUNT``, default ``min(32, CPUs + 4)``). Every invocation logs one line
+Invocations run on bounded thread pools, one per trigger kind, as the host bounds each listener on
+its own: a pool per queue trigger sized ``batchSize + newBatchThreshold`` (host.json), one for blob
+trigger deliveries sized ``blobs.maxDegreeOfParallelism``, one for Event Grid deliveries, one for
+timers and one for HTTP functions run through the admin API (HTTP requests run in the server's own
+threads). So a refresh-job message never waits behind thousands of commit deliveries. Pools without
+a configured size follow ``PYTHON_THREADPOOL_THREAD_COUNT``, default ``min(32, CPUs + 4)``. Every
+invocation logs one line
 naming the function and what triggered it; log lines written while a function runs carry its name;
 a function that raises is logged with its traceback and the runtime carries on.
 """
@@ -158,17 +163,29 @@ class InvocationContext:
         self.thread_local_storage = threading.local()
 
 
+def pool_of(spec: FunctionSpec) -> str:
+    """The pool a function's invocations run on: ``queue:<name>``, ``blob``, ``eventgrid``, ``timer``, ``http``."""
+    kind = spec.trigger_type if not spec.error else ""
+    if kind == "queueTrigger":
+        return f"queue:{spec.name}"
+    return {"blobTrigger": "blob", "eventGridTrigger": "eventgrid", "timerTrigger": "timer"}.get(kind, "http")
+
+
 class Invoker:
-    """Runs functions on a thread pool, logs them, writes the optional trace, tells listeners."""
+    """Runs functions on bounded thread pools (one per trigger kind), logs them, writes the optional trace,
+    tells listeners."""
 
     def __init__(self, *, max_workers: int | None = None, trace_path: Path | None = None,
-                 app_root: Path | None = None) -> None:
+                 app_root: Path | None = None, pool_sizes: Mapping[str, int] | None = None) -> None:
         if max_workers is None:
             configured = os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT", "")
             max_workers = int(configured) if configured.isdigit() and int(configured) > 0 else \
                 min(32, (os.cpu_count() or 1) + 4)
         self.max_workers = max_workers
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="invoke")
+        self._pool_sizes: dict[str, int] = dict(pool_sizes or {})
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
+        self._closed = False
         self._listeners: list[Callable[[FunctionSpec], None]] = []
         self._trace_lock = threading.Lock()
         self._trace = trace_path.open("a", encoding="utf-8", buffering=1) if trace_path else None
@@ -181,19 +198,39 @@ class Invoker:
         """``listener(spec)`` runs after every invocation (in the invoking thread)."""
         self._listeners.append(listener)
 
+    def set_pool_size(self, pool: str, size: int) -> None:
+        """Bound ``pool`` to ``size`` threads (before its first use)."""
+        with self._pools_lock:
+            self._pool_sizes[pool] = max(1, int(size))
+
+    def pool_size(self, pool: str) -> int:
+        with self._pools_lock:
+            return self._pool_sizes.get(pool, self.max_workers)
+
+    def _pool(self, name: str) -> ThreadPoolExecutor:
+        with self._pools_lock:
+            if self._closed:
+                raise RuntimeError("the invoker is shut down")
+            pool = self._pools.get(name)
+            if pool is None:
+                size = self._pool_sizes.get(name, self.max_workers)
+                pool = self._pools[name] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"invoke-{name}")
+            return pool
+
     def submit(self, spec: FunctionSpec, args: Mapping[str, Any], summary: str, *, noticed: float | None = None,
-               detail: Mapping[str, Any] | None = None) -> Future[Outcome]:
-        """Run the function on the pool; the future never raises (see :class:`Outcome`)."""
+               detail: Mapping[str, Any] | None = None, pool: str | None = None) -> Future[Outcome]:
+        """Run the function on its trigger kind's pool (or ``pool``); the future never raises (see
+        :class:`Outcome`)."""
         with self._idle:
             self._busy += 1
         try:
-            return self._pool.submit(self._run, spec, args, summary, noticed, detail, True)
+            return self._pool(pool or pool_of(spec)).submit(self._run, spec, args, summary, noticed, detail, True)
         except RuntimeError:  # shut down
             self._done()
             raise
 
-    def run_in_pool(self, work: Callable[[], Any]) -> Future[Any]:
-        """Run plain ``work`` on the pool (it prepares the binding, then uses :meth:`call`)."""
+    def run_in_pool(self, work: Callable[[], Any], pool: str = "blob") -> Future[Any]:
+        """Run plain ``work`` on ``pool`` (it prepares the binding, then uses :meth:`call`)."""
         with self._idle:
             self._busy += 1
 
@@ -207,7 +244,7 @@ class Invoker:
                 self._done()
 
         try:
-            return self._pool.submit(task)
+            return self._pool(pool).submit(task)
         except RuntimeError:
             self._done()
             raise
@@ -234,7 +271,11 @@ class Invoker:
         """Stop taking work and wait (up to ``timeout``) for what runs."""
         if not self.wait_idle(timeout):
             log.warning("%s invocations still running at shutdown; not waiting for them", self._busy)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._pools_lock:
+            self._closed = True
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._trace is not None:
             with self._trace_lock:
                 self._trace.close()
@@ -368,7 +409,7 @@ class HostOptions:
     http_host: str = "127.0.0.1"
     port: int = 7071
     lake_poll_seconds: float = 0.25
-    lake_rescan_seconds: float = 2.0
+    lake_rescan_seconds: float = 0.25
     message_lock_seconds: float = 60.0
     replay_existing: bool = False
     run_timers_now: bool = False
@@ -448,11 +489,12 @@ class LocalHost:
                     blob_targets.append(target)
                     self.descriptions.append(
                         f"{spec.name}: blobTrigger {trigger['path']} ({target.connection}; source "
-                        f"{trigger.get('source') or 'LogsAndContainerScan'}: the local lake watcher)")
+                        f"{trigger.get('source') or 'LogsAndContainerScan'}: the local lake watcher; binds "
+                        f"{'InputStream' if target.kind == 'stream' else target.kind})")
                 elif kind == "eventGridTrigger":
                     event_targets.append(EventTarget(spec, trigger["name"]))
-                    self.descriptions.append(f"{spec.name}: eventGridTrigger (BlobCreated from the local lake watcher; "
-                                             "POST /runtime/webhooks/EventGrid for others)")
+                    self.descriptions.append(f"{spec.name}: eventGridTrigger (BlobRenamed, and BlobCreated no blob "
+                                             "trigger takes; POST /runtime/webhooks/EventGrid)")
                 elif kind == "timerTrigger":
                     runner = TimerRunner(spec, trigger, self.invoker, self.stop_event,
                                          run_now=self.options.run_timers_now, monitor=self._timer_monitor())
@@ -464,6 +506,8 @@ class LocalHost:
             except (LocalSettingsError, ValueError) as exc:
                 self._disable(spec, str(exc))
 
+        if self.timer_runners:
+            self.invoker.set_pool_size("timer", len(self.timer_runners))  # each timer runs once at a time
         sources = list(self.options.event_sources)
         for target in blob_targets:
             if (target.connection, target.container) not in sources:
@@ -475,7 +519,8 @@ class LocalHost:
             watcher = LakeWatcher(
                 self.blob_service(connection).get_container_client(container), container, targets, event_targets,
                 self.invoker, self.scheduler, self.stop_event, poll_seconds=self.options.lake_poll_seconds,
-                rescan_seconds=self.options.lake_rescan_seconds, replay_existing=self.options.replay_existing,
+                rescan_seconds=max(self.options.lake_rescan_seconds, self.options.lake_poll_seconds),
+                replay_existing=self.options.replay_existing,
                 queues=self.config.queues, blob_parallelism=self.config.blob_parallelism,
                 poison=self._blob_poison_sender(),
             )

@@ -4,8 +4,11 @@
   batch is fetched while no more than ``newBatchThreshold`` messages are in flight, so at most
   ``batchSize + newBatchThreshold`` run at once. After a poll that found messages the next poll is
   immediate; after an empty one the wait doubles (with jitter) from 100 ms up to
-  ``maxPollingInterval``. By default the runtime also polls at once after any function ran in this
-  process (it may have queued work; the host does that only for its output bindings);
+  ``maxPollingInterval``. While more than ``newBatchThreshold`` messages are in flight the poller
+  makes no request and uses no CPU: it waits on a condition until a message completes (waking only
+  to renew locks). Its messages run on the queue's own pool of ``batchSize + newBatchThreshold``
+  threads, so no other trigger's backlog delays them. By default the runtime also polls at once
+  after any function ran in this process (it may have queued work; the host does that only for its output bindings);
   ``--strict-polling`` turns that off.
 * **Peek-lock**: a message is received invisible for the *message lock* (the host: 10 minutes;
   here ``--message-lock``, default 60 s) and the lock is renewed while the function runs, so a
@@ -35,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .host import FunctionSpec, Invoker, Outcome
+from .host import FunctionSpec, Invoker, Outcome, pool_of
 from .settings import QueueOptions
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,13 @@ class QueueRunner:
         self.poison_name = f"{self.queue_name}-poison"
         self._poison_client: Any = None
         self._service = service
-        self._wake = threading.Event()
         self._inflight: dict[str, _InFlight] = {}
         self._guard = threading.Lock()
+        self._changed = threading.Condition(self._guard)  # a message finished, or wake() was called
+        self._woken = False
+        self.limit = options.batch_size + options.new_batch_threshold
+        self.polls = 0
+        invoker.set_pool_size(pool_of(spec), self.limit)
         self._thread = threading.Thread(target=self._loop, name=f"queue-{self.queue_name}", daemon=True)
         self._last_error = ""
         self.delivered = 0
@@ -83,8 +90,10 @@ class QueueRunner:
             self._thread.join(timeout)
 
     def wake(self) -> None:
-        """Poll now (new work may have been queued)."""
-        self._wake.set()
+        """Poll now (new work may have been queued), or as soon as there is room for a new batch."""
+        with self._changed:
+            self._woken = True
+            self._changed.notify_all()
 
     @property
     def in_flight(self) -> int:
@@ -94,30 +103,45 @@ class QueueRunner:
     # polling ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         delay = self.options.min_polling_interval
-        limit = self.options.batch_size + self.options.new_batch_threshold
         while not self.stop_event.is_set():
-            found = 0
-            busy = self.in_flight
-            if busy <= self.options.new_batch_threshold and busy < limit:
-                self._wake.clear()
-                found = self._poll(min(self.options.batch_size, limit - busy))
+            busy = self._wait_for_room()
+            if self.stop_event.is_set():
+                break
+            with self._changed:
+                self._woken = False
+            found = self._poll(min(self.options.batch_size, self.limit - busy))
             self._renew_locks()
             if found:
                 delay = self.options.min_polling_interval
                 continue
-            if self.in_flight > self.options.new_batch_threshold:
-                wait = self.lock_seconds / 3  # wait for a completion (it wakes us)
-            else:
-                wait = min(self.options.max_polling_interval, delay * random.uniform(0.8, 1.2))
-                delay = min(self.options.max_polling_interval, delay * 2)
-            if self._wake.wait(min(wait, self.lock_seconds / 3)):
+            wait = min(self.options.max_polling_interval, delay * random.uniform(0.8, 1.2))
+            delay = min(self.options.max_polling_interval, delay * 2)
+            if self._wait_woken(min(wait, self.lock_seconds / 3)):
                 delay = self.options.min_polling_interval
         log.debug("queue %s: poller stopped", self.queue_name)
+
+    def _wait_for_room(self) -> int:
+        """Block while more than ``newBatchThreshold`` messages are in flight (the host fetches no new batch
+        then); returns how many are in flight. Wakes to renew locks, on a completion and at stop."""
+        def room() -> bool:
+            return len(self._inflight) <= self.options.new_batch_threshold or self.stop_event.is_set()
+
+        while True:
+            with self._changed:
+                if self._changed.wait_for(room, self.lock_seconds / 3):
+                    return len(self._inflight)
+            self._renew_locks()
+
+    def _wait_woken(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for :meth:`wake` (or stop); True when woken."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._woken or self.stop_event.is_set(), timeout)
 
     def _poll(self, count: int) -> int:
         from azure.core.exceptions import ResourceNotFoundError
 
         noticed = time.time()
+        self.polls += 1
         try:
             pages = self.client.receive_messages(messages_per_page=count, visibility_timeout=self.lock_seconds)
             messages = list(next(pages.by_page(), []))
@@ -233,8 +257,9 @@ class QueueRunner:
         self._poison_client.send_message(content)  # the same encoded text as the original
 
     def _forget(self, entry: _InFlight) -> None:
-        with self._guard:
+        with self._changed:
             self._inflight.pop(entry.message.id, None)
+            self._changed.notify_all()
 
     def _renew_locks(self) -> None:
         now = time.monotonic()
