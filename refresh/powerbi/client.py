@@ -369,7 +369,8 @@ class PowerBIClient:
         ``GET groups/{id}/datasets`` has no ``$filter``, so the list is fetched (cached per
         workspace for ``cache_ttl`` seconds) and matched here: by id first, then by exact name.
 
-        :raises NameResolutionError: no dataset or several datasets match; the message lists them.
+        :raises NameResolutionError: no dataset or several datasets match; the message lists the matches
+            (or the same name in another case), never the workspace's other datasets.
         :raises NotRefreshableError: ``require_refreshable`` and the dataset's ``isRefreshable``
             is false (DirectQuery, live connection...): a refresh POST would only fail.
         """
@@ -382,10 +383,10 @@ class PowerBIClient:
             matches = [d for d in datasets if d.name == name_or_id]
             field = "name"
         if len(matches) != 1:
+            # Name only what the caller asked for: its matches, or the same name spelt in another case;
+            # never the other datasets of the workspace (the caller may not be entitled to see them).
             similar = [d for d in datasets if d.name.casefold() == name_or_id.casefold()]
-            raise self._resolution_error(
-                f"dataset (workspace {workspace_id})", field, name_or_id, matches, similar or datasets
-            )
+            raise self._resolution_error(f"dataset (workspace {workspace_id})", field, name_or_id, matches, similar)
         dataset = matches[0]
         if require_refreshable and not dataset.is_refreshable:
             raise NotRefreshableError(
@@ -500,7 +501,7 @@ class PowerBIClient:
         if matches:
             message = f"{len(matches)} {kind}s match {field} {wanted!r}: {', '.join(listed)}{suffix}"
         elif listed:
-            message = f"no {kind} with {field} {wanted!r}; found: {', '.join(listed)}{suffix}"
+            message = f"no {kind} with {field} {wanted!r}; same name in another case: {', '.join(listed)}{suffix}"
         else:
             message = f"no {kind} with {field} {wanted!r} is visible to this identity (found none)"
         return NameResolutionError(message, found=listed)

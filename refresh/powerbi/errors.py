@@ -32,6 +32,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .models import clean_text
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -186,6 +188,11 @@ def parse_error_body(body: bytes | str | None) -> tuple[str | None, str | None]:
 
     Tolerant of other shapes (``{"message": ...}``) and of non-JSON text (kept, shortened, as message).
     """
+    code, message = _parse_error_body(body)
+    return (clean_text(code) if code else None), (clean_text(message) if message else None)
+
+
+def _parse_error_body(body: bytes | str | None) -> tuple[str | None, str | None]:
     if not body:
         return None, None
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
