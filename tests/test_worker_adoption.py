@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from worker_world import advance, aligned_world, refresh_ids
 
 from refresh.app import set_app
 from refresh.clock import parse_iso
@@ -18,7 +19,6 @@ from refresh.powerbi.simulator_extras import (
     start_other_refresh,
     take_identity_down,
 )
-from worker_world import advance, aligned_world, refresh_ids
 
 
 @pytest.fixture

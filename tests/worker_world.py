@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from refresh.powerbi.simulator_extras import align_wall
 from test_worker import CONFIG, World
 
-__all__ = ["CONFIG", "World", "aligned_world", "advance", "our_posts", "refresh_ids"]
+from refresh.powerbi.simulator_extras import align_wall
+
+__all__ = ["CONFIG", "World", "advance", "aligned_world", "our_posts", "refresh_ids"]
 
 
 def aligned_world(azurite, sim, registered, unique, **settings) -> World:
