@@ -362,7 +362,10 @@ class Worker:
         except pbi_errors.ThrottledError as exc:
             return self._next_check(msg.dataset, running,
                                     min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after))
-        except pbi_errors.TokenError as exc:  # transient: the refresh runs on; never end the job for it
+        except (pbi_errors.TokenError, pbi_errors.TransportError) as exc:
+            if not exc.before_request:  # a GET that got no answer: counted like any transient error
+                return self._check_failed(msg.dataset, running, exc, now)
+            # no token (the identity endpoint is down): the refresh runs on; never end the job for it
             running.token_errors += 1
             if now >= parse_iso(running.timeout_at):
                 return self._timed_out(msg.dataset, running, now)
@@ -370,11 +373,7 @@ class Worker:
             return self._next_check(msg.dataset, running, timing.backoff(min(running.token_errors, 6), self.rng,
                                                                          cap=300.0))
         except pbi_errors.PowerBIError as exc:
-            running.check_errors += 1
-            if exc.is_retryable and running.check_errors < MAX_CHECK_ERRORS:
-                return self._next_check(msg.dataset, running, timing.backoff(running.check_errors, self.rng))
-            return self._finish(msg.dataset, running, Status.FAILED, now, error_code=exc.code or type(exc).__name__,
-                                error_message=f"lost track of the refresh: {_describe(exc)}")
+            return self._check_failed(msg.dataset, running, exc, now)
         running.check_errors = running.token_errors = 0
         if status is not None and status.state != RefreshState.RUNNING:
             return self._finish(msg.dataset, running, _STATE_TO_STATUS[status.state], now, status=status)
@@ -382,6 +381,14 @@ class Worker:
             return self._timed_out(msg.dataset, running, now)
         elapsed = (now - parse_iso(running.started_at or running.claimed_at)).total_seconds()
         return self._next_check(msg.dataset, running, timing.next_check_delay(elapsed, running.estimate))
+
+    def _check_failed(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError,
+                      now: datetime) -> str:
+        running.check_errors += 1
+        if exc.is_retryable and running.check_errors < MAX_CHECK_ERRORS:
+            return self._next_check(dataset_key, running, timing.backoff(running.check_errors, self.rng))
+        return self._finish(dataset_key, running, Status.FAILED, now, error_code=exc.code or type(exc).__name__,
+                            error_message=f"lost track of the refresh: {_describe(exc)}")
 
     def _next_check(self, dataset_key: str, running: RunningJob, delay: float) -> str:
         """Advance the check chain: save the next token (only if the chain is still where we read it),
@@ -651,7 +658,7 @@ def _running_of(entity: Any) -> RunningJob | None:
 
 
 def _may_retry(exc: pbi_errors.PowerBIError, attempt: int) -> bool:
-    budget = MAX_TOKEN_ATTEMPTS if isinstance(exc, pbi_errors.TokenError) else MAX_TRANSIENT_ATTEMPTS
+    budget = MAX_TOKEN_ATTEMPTS if exc.before_request else MAX_TRANSIENT_ATTEMPTS
     return exc.is_retryable and attempt < budget
 
 
