@@ -37,34 +37,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import messages, tables, timing
+from .checks import CHECK_GRACE, THROTTLE_DELAY, Checks
 from .clock import Clock, iso, parse_iso
-from .outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
+from .endings import _describe, _Lost, _recent, _running_of
+from .outcomes import END_STATES, Outcomes, Status
 from .pending import DatasetStates, PendingJob, pending_of
 from .powerbi import errors as pbi_errors
 from .powerbi.client import build_refresh_body
 from .powerbi.models import RefreshState
 from .recovery import find_own_refresh, remember
-from .running import RunningJob, capped_job, new_claim, parse_check_seq, row_fields
+from .running import RunningJob, new_claim, row_fields
 
 log = logging.getLogger(__name__)
-outcome_log = logging.getLogger("refresh.outcome")
 
 MAX_TRANSIENT_ATTEMPTS = 5
 MAX_TOKEN_ATTEMPTS = 8         # the identity endpoint gets longer (10 s ... 10 min apart)
-MAX_CHECK_ERRORS = 10
-THROTTLE_DELAY = 60.0
 SHARED_DAILY_LIMIT = 8
 HISTORY_TOP = 60
-CHECK_GRACE = 60.0             # a check this late is presumed lost
 POST_GRACE = 60.0              # a POST in flight this long without a recorded answer is presumed dead
-MAX_DURATIONS = 5
-_STATE_TO_STATUS = {
-    RefreshState.COMPLETED: Status.COMPLETED,
-    RefreshState.FAILED: Status.FAILED,
-    RefreshState.CANCELLED: Status.CANCELLED,
-    RefreshState.TIMED_OUT: Status.TIMED_OUT,
-    RefreshState.DISABLED: Status.DISABLED,
-}
 
 
 @dataclass(frozen=True)
@@ -81,7 +71,7 @@ class Target:
     timeout_minutes: int = 120
 
 
-class Worker:
+class Worker(Checks):
     """Handles one queue message at a time; safe to run on any number of instances."""
 
     def __init__(self, *, config: Any, states: DatasetStates, outcomes: Outcomes, queue: Any, powerbi: Any,
@@ -337,227 +327,6 @@ class Worker:
                      ",".join(running.job.objects() or ["<whole model>"]), delay)
         return "adopted" if adopted_reason else "started"
 
-    # check: follow a refresh --------------------------------------------------------------------
-    def _on_check(self, msg: messages.JobMessage) -> str:
-        running = _running_of(self.states.get(msg.dataset))
-        if not running or running.job_id != msg.job_id or not running.refresh_id:
-            log.info("check of job %s (dataset %s): the job no longer runs; dropped", msg.job_id, msg.dataset)
-            return "stale"
-        now = self.clock.now()
-        if msg.sent_at != running.check_token:
-            if not running.is_overdue(now, CHECK_GRACE):
-                if parse_check_seq(msg.sent_at) == running.check_seq - 1:
-                    self._watch(msg, running, now)  # its successor may never have been sent: watch it
-                log.info("check of job %s (dataset %s): not the live check (%s); dropped", msg.job_id,
-                         msg.dataset, running.check_token)
-                return "stale"
-            log.warning("check of job %s (dataset %s): the live check is overdue since %s; taking over",
-                        msg.job_id, msg.dataset, running.next_check_at)
-        ws, ds, rid = running.workspace_id, running.dataset_id, running.refresh_id
-        try:
-            if running.enhanced:
-                status = self.powerbi.get_refresh(ws, ds, rid)
-            else:
-                status = self.powerbi.find_refresh(ws, ds, rid, top=10)
-        except pbi_errors.ThrottledError as exc:
-            return self._next_check(msg.dataset, running,
-                                    min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after))
-        except (pbi_errors.TokenError, pbi_errors.TransportError) as exc:
-            if not exc.before_request:  # a GET that got no answer: counted like any transient error
-                return self._check_failed(msg.dataset, running, exc, now)
-            # no token (the identity endpoint is down): the refresh runs on; never end the job for it
-            running.token_errors += 1
-            if now >= parse_iso(running.timeout_at):
-                return self._timed_out(msg.dataset, running, now)
-            log.warning("check of job %s: no Power BI token (%s); checking again later", running.job_id, exc)
-            return self._next_check(msg.dataset, running, timing.backoff(min(running.token_errors, 6), self.rng,
-                                                                         cap=300.0))
-        except pbi_errors.PowerBIError as exc:
-            return self._check_failed(msg.dataset, running, exc, now)
-        running.check_errors = running.token_errors = 0
-        if status is not None and status.state != RefreshState.RUNNING:
-            return self._finish(msg.dataset, running, _STATE_TO_STATUS[status.state], now, status=status)
-        if now >= parse_iso(running.timeout_at):
-            return self._timed_out(msg.dataset, running, now)
-        elapsed = (now - parse_iso(running.started_at or running.claimed_at)).total_seconds()
-        return self._next_check(msg.dataset, running, timing.next_check_delay(elapsed, running.estimate))
-
-    def _check_failed(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError,
-                      now: datetime) -> str:
-        running.check_errors += 1
-        if exc.is_retryable and running.check_errors < MAX_CHECK_ERRORS:
-            return self._next_check(dataset_key, running, timing.backoff(running.check_errors, self.rng))
-        return self._finish(dataset_key, running, Status.FAILED, now, error_code=exc.code or type(exc).__name__,
-                            error_message=f"lost track of the refresh: {_describe(exc)}")
-
-    def _next_check(self, dataset_key: str, running: RunningJob, delay: float) -> str:
-        """Advance the check chain: save the next token (only if the chain is still where we read it),
-        then send its message."""
-        now = self.clock.now()
-        expected = running.check_token
-        running.check_seq += 1
-        running.next_check_at = iso(now + timedelta(seconds=delay))
-
-        def save(data: dict) -> bool:
-            current = _running_of(data)
-            if not current or current.job_id != running.job_id or current.check_token != expected:
-                raise _Lost()  # another copy advanced the chain first
-            tables.put_json(data, "running", running.to_dict())
-            return True
-
-        self.states.update(dataset_key, save)
-        self._send_check_message(dataset_key, running, delay)
-        return "running"
-
-    def _timed_out(self, dataset_key: str, running: RunningJob, now: datetime) -> str:
-        minutes = round((parse_iso(running.timeout_at) - parse_iso(running.claimed_at)).total_seconds() / 60)
-        if running.enhanced:
-            try:
-                self.powerbi.cancel_refresh(running.workspace_id, running.dataset_id, running.refresh_id)
-                message = f"refresh exceeded timeout_minutes={minutes}; cancelled"
-            except pbi_errors.PowerBIError as exc:
-                message = f"refresh exceeded timeout_minutes={minutes}; cancelling failed: {_describe(exc)}"
-        else:
-            message = (f"refresh exceeded timeout_minutes={minutes}; a standard refresh cannot be cancelled, "
-                       "Power BI may still be running it")
-        return self._finish(dataset_key, running, Status.TIMED_OUT, now, error_code="TimedOut", error_message=message)
-
-    # endings ------------------------------------------------------------------------------------
-    def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
-                status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
-        """Record the outcome row first, then release the lease: a crash in between leaves the lease, and the
-        redelivered check finds the end again and releases it."""
-        fields: dict[str, Any] = {}
-        pbi_duration = None
-        if status is not None:
-            error_code = error_code or status.error_code
-            error_message = error_message or status.error_message
-            if status.messages:
-                fields["messages"] = list(status.messages)[:50]
-            if status.end_time and status.start_time and status_word == Status.COMPLETED:
-                pbi_duration = round((status.end_time - status.start_time).total_seconds(), 3)
-                fields["powerbi_duration_seconds"] = pbi_duration
-        self._finish_row(dataset_key, running.job_id, status_word, now, error_code=error_code,
-                         error_message=error_message, started_at=running.started_at, request_id=running.refresh_id,
-                         adopted=running.adopted, adopted_reason=running.adopted_reason, **row_fields(running),
-                         **fields)
-
-        def release(data: dict) -> bool:
-            current = _running_of(data)
-            if not current or current.job_id != running.job_id:
-                return False
-            tables.put_json(data, "running", None)
-            if status_word == Status.COMPLETED:
-                # what the model now contains: per source table, the newest version refreshed
-                refreshed = tables.get_json(data, "refreshed", {}) or {}
-                for table, change in running.job.sources.items():
-                    refreshed[table] = max(refreshed.get(table, -1), change.last_version)
-                tables.put_json(data, "refreshed", refreshed)
-                data["last_success_at"] = iso(now)
-            return True
-
-        entity = self.states.update(dataset_key, release)
-        follow_up = pending_of(entity) if entity else None
-        if follow_up is not None:
-            self._requeue("job", dataset_key, follow_up.job_id,
-                          max(0.0, (parse_iso(follow_up.due_at) - now).total_seconds()))
-        return status_word.lower()
-
-    def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, **fields: Any) -> None:
-        changed: list[bool] = []
-
-        def change(row: dict) -> dict | None:
-            changed[:] = [row.get("status") not in END_STATES]
-            if not changed[0]:
-                return None  # already ended (e.g. recorded before a crash): one row, one log line
-            started = fields.get("started_at") or row.get("started_at") or None
-            out = {"status": str(status_word), "ended_at": iso(now), "detail": None,
-                   "duration_seconds": duration_seconds(started, now)}
-            out.update({k: v for k, v in fields.items() if v is not None})
-            return out
-
-        row = self.outcomes.update(dataset_key, job_id, change)
-        if row is not None and changed and changed[0]:
-            _log_outcome(to_public(row))
-
-    def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
-                      exc: pbi_errors.PowerBIError) -> str:
-        now = self.clock.now()
-        status = Status.NOT_REFRESHABLE if isinstance(exc, pbi_errors.NotRefreshableError) else Status.FAILED
-        self._finish_row(dataset_key, job.job_id, status, now, error_code=exc.code or type(exc).__name__,
-                         error_message=_describe(exc), request_id=exc.request_id, sources=_sources(job),
-                         model_tables=job.objects() or [], triggers=job.triggers)
-        if running is not None:
-            def release(data: dict) -> bool:
-                current = _running_of(data)
-                if current and current.job_id == job.job_id:
-                    tables.put_json(data, "running", None)
-                    return True
-                return False
-
-            self.states.update(dataset_key, release)
-        else:
-            self._drop_pending(dataset_key, job.job_id)
-        return status.lower()
-
-    def _back_to_pending(self, dataset_key: str, running: RunningJob, delay: float, detail: str,
-                         exc: pbi_errors.PowerBIError) -> str:
-        """Give the claim back: the job waits (merged with anything pending) and is tried again later."""
-        now = self.clock.now()
-        job = running.job
-        merged_away: list[str] = []
-
-        def unclaim(data: dict) -> bool:
-            current = _running_of(data)
-            if not current or current.job_id != job.job_id:
-                raise _Lost()
-            newer = pending_of(data)
-            if newer is not None:
-                _absorb(job, newer)
-                merged_away.append(newer.job_id)
-            job.due_at = iso(now + timedelta(seconds=delay))
-            tables.put_json(data, "running", None)
-            tables.put_json(data, "pending", capped_job(job).to_dict())
-            tables.put_json(data, "post_log", {"job_id": job.job_id, "unsure_since": running.unsure_since,
-                                               "unsure_reason": running.unsure_reason,
-                                               "busy_tries": running.busy_tries})
-            data["enqueued"] = True
-            return True
-
-        self.states.update(dataset_key, unclaim)
-        for other in merged_away:
-            self._finish_row(dataset_key, other, Status.SKIPPED, now, detail=f"merged into job {job.job_id}",
-                             error_message=f"merged into job {job.job_id}")
-        self._set_row(dataset_key, job.job_id, status=Status.WAITING, detail=detail, request_id=exc.request_id,
-                      next_attempt_at=job.due_at)
-        log.info("job %s of dataset %s waits %.0f s: %s", job.job_id, dataset_key, delay, detail)
-        self._requeue("job", dataset_key, job.job_id, delay)
-        return "waiting"
-
-    def _abandon(self, dataset_key: str, running: RunningJob, now: datetime) -> None:
-        self._finish_row(dataset_key, running.job_id, Status.FAILED, now, error_code="LeaseExpired",
-                         request_id=running.refresh_id,
-                         error_message="the job's lease expired before its end was seen (instance lost?)")
-
-        def clear(data: dict) -> bool:
-            current = _running_of(data)
-            if current and current.job_id == running.job_id:
-                tables.put_json(data, "running", None)
-                return True
-            return False
-
-        self.states.update(dataset_key, clear)
-
-    def _drop_pending(self, dataset_key: str, job_id: str) -> None:
-        def drop(data: dict) -> bool:
-            job = pending_of(data)
-            if job and job.job_id == job_id:
-                tables.put_json(data, "pending", None)
-                return True
-            return False
-
-        self.states.update(dataset_key, drop)
-
     # helpers ------------------------------------------------------------------------------------
     def _target(self, dataset_key: str, job: PendingJob) -> Target:
         cfg = self.config.datasets.get(dataset_key)
@@ -603,18 +372,6 @@ class Worker:
             return min(max((parse_iso(running.next_check_at) - now).total_seconds() + 5.0, 10.0), 600.0)
         return 30.0
 
-    def _watch(self, msg: messages.JobMessage, running: RunningJob, now: datetime) -> None:
-        """Re-queue this message to arrive when the live check would be overdue (it then takes over)."""
-        assert running.next_check_at is not None
-        delay = (parse_iso(running.next_check_at) - now).total_seconds() + CHECK_GRACE + 1
-        messages.send(self.queue, msg, max(delay, 1.0))
-
-    def _send_check_message(self, dataset_key: str, running: RunningJob, delay: float) -> None:
-        token = running.check_token
-        assert token is not None
-        message = messages.JobMessage(type="check", dataset=dataset_key, job_id=running.job_id, sent_at=token)
-        messages.send(self.queue, message, delay)
-
     def _save_running(self, dataset_key: str, running: RunningJob) -> None:
         def save(data: dict) -> bool:
             current = _running_of(data)
@@ -624,18 +381,6 @@ class Worker:
             return True
 
         self.states.update(dataset_key, save)
-
-    def _requeue(self, type_: str, dataset_key: str, job_id: str, delay: float, attempt: int = 0) -> None:
-        msg = messages.JobMessage.new(type_, dataset_key, job_id, self.clock.now(), attempt=attempt)
-        messages.send(self.queue, msg, delay)
-
-    def _set_row(self, dataset_key: str, job_id: str, **fields: Any) -> None:
-        def change(row: dict) -> dict | None:
-            if row.get("status") in END_STATES:
-                return None
-            return {k: (str(v) if isinstance(v, Status) else v) for k, v in fields.items()}
-
-        self.outcomes.update(dataset_key, job_id, change)
 
     def _reject(self, reason: str, body: str | bytes, message_id: str | None) -> None:
         now = self.clock.now()
@@ -648,68 +393,7 @@ class Worker:
         log.error("rejected queue message %s: %s", message_id, reason)
 
 
-class _Lost(Exception):
-    """The state changed under us so that this message no longer applies."""
-
-
-def _running_of(entity: Any) -> RunningJob | None:
-    data = tables.get_json(entity, "running")
-    return RunningJob.from_dict(data) if data else None
-
-
 def _may_retry(exc: pbi_errors.PowerBIError, attempt: int) -> bool:
     budget = MAX_TOKEN_ATTEMPTS if exc.before_request else MAX_TRANSIENT_ATTEMPTS
     return exc.is_retryable and attempt < budget
 
-
-def _absorb(job: PendingJob, newer: PendingJob) -> None:
-    for table, change in newer.sources.items():
-        mine = job.sources.get(table)
-        if mine is None:
-            job.sources[table] = change
-        else:
-            mine.first_version = min(mine.first_version, change.first_version)
-            mine.last_version = max(mine.last_version, change.last_version)
-            mine.commits += change.commits
-    if newer.whole_model:
-        job.whole_model, job.model_tables = True, []
-    elif not job.whole_model:
-        job.model_tables = sorted(set(job.model_tables) | set(newer.model_tables))
-    for name in ("triggers", "requested_by", "reasons"):
-        target = getattr(job, name)
-        for item in getattr(newer, name):
-            if item not in target:
-                target.append(item)
-    job.last_change_at = max(job.last_change_at, newer.last_change_at)
-
-
-def _recent(starts: list[str], now: datetime) -> list[str]:
-    day_ago = now - timedelta(hours=24)
-    return sorted(s for s in starts if parse_iso(s) > day_ago)
-
-
-def _sources(job: PendingJob) -> dict[str, Any]:
-    return {t: {"first_version": s.first_version, "last_version": s.last_version, "commits": s.commits}
-            for t, s in job.sources.items()}
-
-
-def _describe(exc: pbi_errors.PowerBIError) -> str:
-    parts = [type(exc).__name__]
-    if exc.status is not None:
-        parts.append(f"HTTP {exc.status}")
-    if exc.code:
-        parts.append(exc.code)
-    return f"{' '.join(parts)}: {exc.message}"
-
-
-def _log_outcome(row: dict) -> None:
-    facts = {k: row.get(k) for k in (
-        "dataset_key", "job_id", "status", "triggers", "requested_by", "sources", "model_tables",
-        "workspace_name", "dataset_name", "refresh_type", "request_id", "adopted", "adopted_reason", "attempts",
-        "queued_at", "started_at", "ended_at", "duration_seconds", "powerbi_duration_seconds", "error_code",
-        "error_message")}
-    outcome_log.info(
-        "refresh outcome: dataset=%s job=%s status=%s duration=%ss request_id=%s adopted=%s error=%s",
-        facts["dataset_key"], facts["job_id"], facts["status"], facts["duration_seconds"], facts["request_id"] or "-",
-        bool(facts["adopted"]), (facts["error_message"] or "-")[:500], extra={"refresh_outcome": facts},
-    )

@@ -5,12 +5,12 @@ the running record and the outcome row stay within Table Storage's limits (64 Ki
 from __future__ import annotations
 
 import pytest
+from worker_world import aligned_world
 
 from refresh import tables
 from refresh.app import set_app
 from refresh.pending import Change
 from refresh.running import MAX_MODEL_TABLES
-from worker_world import aligned_world
 
 
 @pytest.fixture
