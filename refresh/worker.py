@@ -223,10 +223,11 @@ class Worker(Checks):
                          "looking again in %.0f s", running.job_id, msg.dataset, running.post_at, POST_GRACE - elapsed)
                 messages.send(self.queue, msg, POST_GRACE - elapsed + 1)
                 return "post-in-flight"
-            running.unsure(running.post_at, f"the POST sent at {running.post_at} got no recorded answer (the "
-                                            "instance sending it stopped)")
+            stale = running.post_at
+            running.unsure(stale, f"the POST sent at {stale} got no recorded answer (the instance sending it "
+                                  "stopped)")
             running.post_at = None
-            self._save_running(msg.dataset, running)
+            self._save_running(msg.dataset, running, post_at_was=stale)
         target = self._target(msg.dataset, running.job)
         return self._post(msg.dataset, running, target)
 
@@ -237,7 +238,7 @@ class Worker(Checks):
                 return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
         job = running.job
         running.post_at = iso(self.clock.now())
-        self._save_running(dataset_key, running)
+        self._save_running(dataset_key, running, post_at_was=None)
         objects = job.objects()
         if running.enhanced:
             options = dict(target.enhanced_options)
@@ -372,11 +373,16 @@ class Worker(Checks):
             return min(max((parse_iso(running.next_check_at) - now).total_seconds() + 5.0, 10.0), 600.0)
         return 30.0
 
-    def _save_running(self, dataset_key: str, running: RunningJob) -> None:
+    def _save_running(self, dataset_key: str, running: RunningJob, *, post_at_was: str | bool | None = False) -> (
+            None):
+        """Write the record. ``post_at_was`` (a value or None): only if the stored ``post_at`` is still that and
+        no refresh is recorded, so of several copies of a message only one goes on to POST."""
         def save(data: dict) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id:
                 raise _Lost()
+            if post_at_was is not False and (current.post_at != post_at_was or current.refresh_id is not None):
+                raise _Lost()  # another copy of this message is sending the POST (or has): one POST only
             tables.put_json(data, "running", running.to_dict())
             return True
 

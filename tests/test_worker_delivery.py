@@ -154,3 +154,35 @@ def _crash_every_write(azurite, registered, unique, monkeypatch, sims):
             except AssertionError as exc:
                 row = world.row(job.job_id)
                 raise AssertionError(f"after a crash at {crash.fired}: {row['error_message']} {exc}") from exc
+
+
+@pytest.mark.parametrize("window", ["after the claim", "during the POST"])
+def test_two_copies_of_a_due_job_message_handled_at_once_send_one_post(world, window):
+    job = world.commit(dataset="ops", table="ops/a", model_tables=None)
+    copy = messages.JobMessage.new("job", "ops", job.job_id, world.clock.now()).encode()
+    results = []
+    if window == "after the claim":  # the copy runs between the claim and the POST's record
+        update = world.app.states.update
+
+        def claim_then_copy(dataset, mutate):
+            written = update(dataset, mutate)
+            if not results and tables.get_json(written, "running"):
+                results.append(world.app.worker.handle(copy))
+            return written
+
+        world.app.states.update = claim_then_copy
+    else:  # the copy runs while the POST is on the wire
+        start = world.app.powerbi.start_refresh
+
+        def post_with_copy(*args, **kwargs):
+            if not results:
+                results.append(world.app.worker.handle(copy))
+            return start(*args, **kwargs)
+
+        world.app.powerbi.start_refresh = post_with_copy
+    world.pump.run()
+    row = world.row(job.job_id)
+    assert row["status"] == "Completed" and row["adopted"] is False
+    assert [p.status for p in world.posts(world.ops_ds)] == [202]
+    assert row["request_id"] == refresh_ids(world, world.ops_ds)[0]
+    assert results and results[0] in ("started", "post-in-flight")
