@@ -56,5 +56,5 @@ def test_a_running_refresh_is_followed_through_a_token_outage(world):
     assert row["request_id"] == ours  # Power BI completed it: so says the row
     assert len(world.sim.refreshes(world.ops_ds)) == 1
     checks = [r for r in world.sim.requests if r.method == "GET" and r.path.endswith("/refreshes")]
-    assert len(checks) <= 30  # re-checks back off (at most 5 minutes apart) instead of hammering
+    assert len(checks) <= 40  # re-checks back off (up to 5 minutes apart) instead of hammering for an hour
 
