@@ -54,7 +54,8 @@ MAX_TRANSIENT_ATTEMPTS = 5
 MAX_TOKEN_ATTEMPTS = 8         # the identity endpoint gets longer (10 s ... 10 min apart)
 SHARED_DAILY_LIMIT = 8
 HISTORY_TOP = 60
-POST_GRACE = 60.0              # a POST in flight this long without a recorded answer is presumed dead
+POST_GRACE = 90.0              # a POST in flight this long without a recorded answer is presumed dead
+                               # (two POSTs, one token retry, at the default 30 s timeout, plus margin)
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,10 @@ class Worker(Checks):
             running.attempts += 1
             self._save_running(dataset_key, running)
             return self._retry_job(dataset_key, running.job_id, running.attempts, exc)
+        if running.unsure_since:  # before failing: an earlier POST without an answer may have started it
+            found = self._find_own(dataset_key, running)
+            if found is not None:
+                return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
         return self._start_failed(dataset_key, running.job, running, exc)
 
     def _busy(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError) -> str:
