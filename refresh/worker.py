@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -85,6 +86,7 @@ class Worker(Checks):
         self.clock = clock
         self.max_retry_after = max_retry_after
         self.rng = rng or random.Random()
+        self._delivery = threading.local()  # the message being handled on this thread: its dequeue count
 
     # entry points -------------------------------------------------------------------------------
     def handle(self, body: str | bytes, *, dequeue_count: int = 1, max_dequeue_count: int = 5,
@@ -95,6 +97,7 @@ class Worker(Checks):
         except messages.BadMessage as exc:
             self._reject(str(exc), body, message_id)
             return "rejected"
+        self._delivery.count = dequeue_count
         try:
             if msg.type == "job":
                 return self._on_job(msg)
@@ -219,7 +222,10 @@ class Worker(Checks):
             return "duplicate"
         if running.post_at:
             elapsed = (now - parse_iso(running.post_at)).total_seconds()
-            if elapsed < POST_GRACE:  # another instance may still be waiting for the POST's answer
+            # Redelivered (dequeue count > 1): the delivery that sent the POST failed or its instance died, so
+            # nobody waits for that answer any more. A first delivery is another copy of the message: the
+            # instance that sent the POST may still be waiting for its answer.
+            if getattr(self._delivery, "count", 1) <= 1 and elapsed < POST_GRACE:
                 log.info("job %s of dataset %s: duplicate job message while its POST (sent %s) may be in flight; "
                          "looking again in %.0f s", running.job_id, msg.dataset, running.post_at, POST_GRACE - elapsed)
                 messages.send(self.queue, msg, POST_GRACE - elapsed + 1)
