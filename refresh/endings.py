@@ -127,7 +127,8 @@ class Endings:
             tables.put_json(data, "pending", capped_job(job).to_dict())
             tables.put_json(data, "post_log", {"job_id": job.job_id, "unsure_since": running.unsure_since,
                                                "unsure_reason": running.unsure_reason,
-                                               "busy_tries": running.busy_tries})
+                                               "busy_tries": running.busy_tries,
+                                               "unsure_posted": running.unsure_posted})
             data["enqueued"] = True
             return True
 

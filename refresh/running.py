@@ -57,6 +57,8 @@ class RunningJob:
     unsure_since: str | None = None
     unsure_reason: str | None = None
     busy_tries: int = 0
+    posted: dict[str, Any] | None = None  # enhanced POSTs: the body's ``type`` and ``objects`` tables (to match)
+    unsure_posted: dict[str, Any] | None = None  # ``posted`` of the POST at ``unsure_since``
     refresh_id: str | None = None
     started_at: str | None = None
     estimate: float | None = None
@@ -84,7 +86,7 @@ class RunningJob:
     def unsure(self, since: str, reason: str) -> None:
         """Remember a POST whose answer was not seen (the earliest one counts)."""
         if self.unsure_since is None or parse_iso(since) < parse_iso(self.unsure_since):
-            self.unsure_since, self.unsure_reason = since, reason
+            self.unsure_since, self.unsure_reason, self.unsure_posted = since, reason, self.posted
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("job", "extra")}

@@ -193,6 +193,7 @@ class Worker(Checks):
         if post_log.get("job_id") == job.job_id:  # what earlier POSTs of this job left unresolved
             claim.unsure_since, claim.unsure_reason = post_log.get("unsure_since"), post_log.get("unsure_reason")
             claim.busy_tries = int(post_log.get("busy_tries") or 0)
+            claim.unsure_posted = post_log.get("unsure_posted")
 
         def take(data: dict) -> bool:
             current = pending_of(data)
@@ -244,17 +245,18 @@ class Worker(Checks):
             if found is not None:
                 return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
         job = running.job
-        running.post_at = iso(self.clock.now())
-        self._save_running(dataset_key, running, post_at_was=None)
         objects = job.objects()
         if running.enhanced:
             options = dict(target.enhanced_options)
             if job.refresh_type:
                 options["type"] = job.refresh_type
             body = build_refresh_body(enhanced=True, options=options, objects=objects)
+            running.posted = {"type": body.get("type"), "tables": [o["table"] for o in body.get("objects", [])]}
         else:
             body = build_refresh_body(enhanced=False, options=None, objects=None,
                                       notify_option=target.notify_option)
+        running.post_at = iso(self.clock.now())
+        self._save_running(dataset_key, running, post_at_was=None)  # what is being sent, before it is sent
         try:
             refresh_id = self.powerbi.start_refresh(running.workspace_id, running.dataset_id, body)
         except pbi_errors.PowerBIError as exc:

@@ -102,3 +102,23 @@ def _fast_credential():
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential(retry_total=0)  # the real credential, without azure-core's own retry sleeps
+
+
+def test_a_lost_answer_never_adopts_another_clients_enhanced_refresh_that_asked_for_something_else(world):
+    world.sim.refresh_duration = 30
+    world.sim.drop_next_connection(method="POST")  # not accepted, and we cannot know it
+    job = world.commit()
+    world.pump.step()  # POST: dropped
+    other = start_other_refresh(world.sim, world.sales_ds, refresh_type="ViaEnhancedApi", duration=30)
+    world.pump.run()  # the other one: type Automatic, another table; ours: type Full, table Orders
+    row = world.row(job.job_id)
+    [ours] = refresh_ids(world, world.sales_ds)
+    assert row["status"] == "Completed" and row["adopted"] is False and row["request_id"] == ours != other
+
+
+def test_a_lost_answer_is_adopted_only_when_the_details_match_what_was_posted(world):
+    lose_next_answer(world.sim)
+    job = world.commit()
+    world.pump.run()
+    row = world.row(job.job_id)
+    assert row["adopted"] is True and "details match the POST (type Full, tables Orders)" in row["adopted_reason"]

@@ -130,6 +130,7 @@ class RefreshStatus:
     error_message: str | None
     messages: tuple[dict[str, Any], ...]
     attempts: int | None
+    tables: tuple[str, ...] = ()  # execution details: the tables of its ``objects`` (empty for history entries)
 
     @property
     def is_terminal(self) -> bool:
@@ -261,6 +262,14 @@ def _errors(
     return code or other_code, message or other_message
 
 
+def _tables(value: Any) -> tuple[str, ...]:
+    """The distinct table names of an ``objects`` list (``[{"table", "partition", "status"}]``), in order."""
+    if not isinstance(value, list):
+        return ()
+    names = [_str(_ci(item).get("table")) for item in value if isinstance(item, Mapping)]
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
 def workspace_from_api(payload: Mapping[str, Any]) -> Workspace:
     """A :class:`Workspace` from a ``Group`` payload."""
     fields = _ci(payload)
@@ -331,4 +340,5 @@ def refresh_from_details(payload: Mapping[str, Any], request_id: str, *, in_prog
         error_message=message,
         messages=messages,
         attempts=_int(fields.get("numberofattempts")),
+        tables=_tables(fields.get("objects")),
     )
