@@ -7,7 +7,14 @@ partition lists newest first and every job has its own row. An index entity in `
 Statuses: ``Queued`` (waiting for its debounce), ``Waiting`` (busy dataset, 429, daily limit: see
 ``detail``), ``Running``, and the end states ``Completed``, ``Failed``, ``Cancelled``, ``TimedOut``,
 ``Disabled``, ``NotRefreshable``, ``Skipped`` and ``Rejected`` (a message that could not be parsed).
-``adopted`` is true when a redelivered message found the refresh its earlier POST had started.
+``adopted`` is true only when the job's own POST may have been accepted without its answer being seen
+(a timeout, a dropped connection, a crash between the POST and recording it) and Power BI's history
+then showed that refresh; ``adopted_reason`` says why. ``request_id`` always names the refresh the row
+describes. ``powerbi_duration_seconds`` is Power BI's own startTime→endTime of a completed refresh.
+
+Every value is kept within Table Storage's limits (64 KiB per property, 1 MiB per entity): long texts
+are cut and long JSON lists shortened (with a note of how many were left out), so a row update can
+never fail for its size.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from . import tables
@@ -24,14 +32,38 @@ from .clock import iso, parse_iso
 log = logging.getLogger(__name__)
 
 PK_JOB_INDEX = "job"
-END_STATES = frozenset({"Completed", "Failed", "Cancelled", "TimedOut", "Disabled", "NotRefreshable",
-                        "Skipped", "Rejected"})
+
+
+class Status(StrEnum):
+    """The statuses of an outcome row (the one definition; compare and store them as plain strings)."""
+
+    QUEUED = "Queued"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    TIMED_OUT = "TimedOut"
+    DISABLED = "Disabled"
+    NOT_REFRESHABLE = "NotRefreshable"
+    SKIPPED = "Skipped"
+    REJECTED = "Rejected"
+
+    @property
+    def is_end(self) -> bool:
+        return self in END_STATES
+
+
+END_STATES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.DISABLED,
+                        Status.NOT_REFRESHABLE, Status.SKIPPED, Status.REJECTED})
+MAX_TEXT = 16_000          # characters of one text property (UTF-16 units stay far below 32 K)
+MAX_JSON = 30_000          # characters of one JSON column
 _MAX_MS = 10**13
 COLUMNS = (
     "job_id", "dataset_key", "status", "detail", "trigger", "triggers", "requested_by", "reasons", "sources",
     "model_tables", "workspace_id", "workspace_name", "dataset_id", "dataset_name", "refresh_type",
     "request_id", "attempts", "queued_at", "due_at", "started_at", "ended_at", "duration_seconds",
-    "error_code", "error_message", "messages", "adopted",
+    "error_code", "error_message", "messages", "adopted", "adopted_reason", "powerbi_duration_seconds",
 )
 JSON_COLUMNS = ("sources", "model_tables", "requested_by", "triggers", "reasons", "messages")
 
@@ -120,14 +152,16 @@ class Outcomes:
         return rows
 
     def recent_durations(self, dataset: str, count: int = 5) -> list[float]:
-        """Durations (s) of the dataset's last completed refreshes, newest first (one request)."""
+        """Power BI's own durations (startTime→endTime, s) of the dataset's last completed refreshes,
+        newest first (one request). The app-observed ``duration_seconds`` is not used: it includes the
+        app's own polling delay, and timing the next check from it makes the lag creep up."""
         found = []
         pages = self.table.query_entities(
             "PartitionKey eq @pk and status eq 'Completed'", parameters={"pk": dataset},
-            select=["duration_seconds"], results_per_page=count,
+            select=["powerbi_duration_seconds"], results_per_page=count,
         )
         for entity in pages:
-            value = tables.value(entity, "duration_seconds")
+            value = tables.value(entity, "powerbi_duration_seconds")
             if isinstance(value, int | float) and value >= 0:
                 found.append(float(value))
             if len(found) >= count:
@@ -139,16 +173,58 @@ def _flatten(fields: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in fields.items():
         if key in JSON_COLUMNS:
-            out[key] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+            out[key] = bounded_json(value)
         elif isinstance(value, datetime):
             out[key] = iso(value)
         elif value is None:
             out[key] = ""
-        elif isinstance(value, str) and len(value) > 30_000:
-            out[key] = value[:30_000]
+        elif isinstance(value, str):
+            out[key] = bounded_text(value)
         else:
             out[key] = value
     return out
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters (with a note), so a property stays under 64 KiB."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 40] + f" … [{len(text) - limit + 40} characters cut]"
+
+
+def bounded_json(value: Any, limit: int = MAX_JSON) -> str:
+    """``value`` as JSON of at most ``limit`` characters: long lists and dicts lose their tail (a last
+    list item, or the key ``"…"``, says how many were left out); texts inside are cut."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        return json.dumps(bounded_text(value, limit // 2))
+    if isinstance(value, list | dict):
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        keep = len(items)
+        while keep > 0:
+            keep //= 2
+            part = items[:keep]
+            if isinstance(value, dict):
+                shrunk: Any = {str(k): _shrink(v) for k, v in part}
+                shrunk["…"] = f"{len(items) - keep} more left out"
+            else:
+                shrunk = [_shrink(v) for v in part] + [f"… {len(items) - keep} more left out"]
+            text = json.dumps(shrunk, separators=(",", ":"), sort_keys=True)
+            if len(text) <= limit:
+                return text
+    return json.dumps(f"too large to store ({len(text)} characters of JSON)")
+
+
+def _shrink(value: Any) -> Any:
+    if isinstance(value, str):
+        return bounded_text(value, 2000)
+    if isinstance(value, dict):
+        return {str(k): _shrink(v) for k, v in list(value.items())[:50]}
+    if isinstance(value, list):
+        return [_shrink(v) for v in value[:50]]
+    return value
 
 
 def to_public(entity: Any) -> dict[str, Any]:

@@ -23,10 +23,12 @@ Design rules (see shared/notes/powerbi-api.md):
   segment of ``Location``. A refresh is never looked up as "the latest one".
 * OData string literals are quoted per the OData ABNF (``'`` doubled) and the whole value is
   percent-encoded (space ``%20``, ``'`` ``%27``, UTF-8 for the rest).
-* Token failures: ``ClientAuthenticationError`` (incl. CredentialUnavailableError) from the
-  credential becomes :class:`AuthenticationError`; a network failure reaching the identity
-  endpoint (azure-core ``ServiceRequestError``/``ServiceResponseError``) becomes a retryable
-  :class:`TransportError`, since it says nothing about the identity's validity.
+* Token failures are transient: ``ClientAuthenticationError`` (incl. CredentialUnavailableError,
+  which azure-identity also raises when the identity endpoint answers 5xx) and any other failure of
+  the credential become a retryable :class:`TokenError` carrying the credential's own message; a
+  network failure reaching the identity endpoint (azure-core ``ServiceRequestError``/
+  ``ServiceResponseError``) becomes a retryable :class:`TransportError`. Both say
+  ``before_request``: the Power BI request was not sent.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from azure.core.exceptions import (
 )
 
 from .errors import (
-    AuthenticationError,
     NameResolutionError,
     NotRefreshableError,
     PowerBIError,
+    TokenError,
     TransportError,
     error_from_response,
     parse_error_body,
@@ -63,6 +65,7 @@ from .models import (
     Dataset,
     RefreshStatus,
     Workspace,
+    clean_text,
     dataset_from_api,
     refresh_from_details,
     refresh_from_history_entry,
@@ -369,7 +372,8 @@ class PowerBIClient:
         ``GET groups/{id}/datasets`` has no ``$filter``, so the list is fetched (cached per
         workspace for ``cache_ttl`` seconds) and matched here: by id first, then by exact name.
 
-        :raises NameResolutionError: no dataset or several datasets match; the message lists them.
+        :raises NameResolutionError: no dataset or several datasets match; the message lists the matches
+            (or the same name in another case), never the workspace's other datasets.
         :raises NotRefreshableError: ``require_refreshable`` and the dataset's ``isRefreshable``
             is false (DirectQuery, live connection...): a refresh POST would only fail.
         """
@@ -382,10 +386,10 @@ class PowerBIClient:
             matches = [d for d in datasets if d.name == name_or_id]
             field = "name"
         if len(matches) != 1:
+            # Name only what the caller asked for: its matches, or the same name spelt in another case;
+            # never the other datasets of the workspace (the caller may not be entitled to see them).
             similar = [d for d in datasets if d.name.casefold() == name_or_id.casefold()]
-            raise self._resolution_error(
-                f"dataset (workspace {workspace_id})", field, name_or_id, matches, similar or datasets
-            )
+            raise self._resolution_error(f"dataset (workspace {workspace_id})", field, name_or_id, matches, similar)
         dataset = matches[0]
         if require_refreshable and not dataset.is_refreshable:
             raise NotRefreshableError(
@@ -500,7 +504,7 @@ class PowerBIClient:
         if matches:
             message = f"{len(matches)} {kind}s match {field} {wanted!r}: {', '.join(listed)}{suffix}"
         elif listed:
-            message = f"no {kind} with {field} {wanted!r}; found: {', '.join(listed)}{suffix}"
+            message = f"no {kind} with {field} {wanted!r}; same name in another case: {', '.join(listed)}{suffix}"
         else:
             message = f"no {kind} with {field} {wanted!r} is visible to this identity (found none)"
         return NameResolutionError(message, found=listed)
@@ -527,11 +531,13 @@ class PowerBIClient:
                     )
             return self._credential.get_token(self._scope).token
         except (ServiceRequestError, ServiceResponseError) as exc:
-            raise TransportError(f"could not reach the identity endpoint for a Power BI token: {exc}") from exc
+            raise TransportError(f"could not reach the identity endpoint for a Power BI token: {exc}",
+                                 before_request=True) from exc
         except ClientAuthenticationError as exc:
-            raise AuthenticationError(f"could not acquire a Power BI token: {exc.message}") from exc
+            raise TokenError(f"could not acquire a Power BI token from {type(self._credential).__name__}: "
+                             f"{clean_text(str(exc.message))}") from exc
         except Exception as exc:
-            raise AuthenticationError(f"could not acquire a Power BI token: {type(exc).__name__}: {exc}") from exc
+            raise TokenError(f"could not acquire a Power BI token: {type(exc).__name__}: {exc}") from exc
 
     def _send(self, method: str, url: str, token: str, body: Any, what: str) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

@@ -10,14 +10,18 @@ The client never sleeps or loops: callers decide what to do from the error's typ
 ======================  =====================================================  ======================
 class                   raised for                                             what a caller does
 ======================  =====================================================  ======================
-AuthenticationError     401/403 after the one token retry; token acquisition    fail the job, alert
+AuthenticationError     401/403 after the one token retry                       fail the job, alert
+TokenError              the credential could not give a token (identity         retry (``is_retryable``)
+                        endpoint down, 5xx, refused): a subclass of the above
 NotFoundError           404                                                     fail the job
 RefreshBusyError        400/409 "Another refresh request is already executing"  re-queue later/coalesce
 DailyLimitError         shared capacity: 8 refreshes in 24 h ("Request          "quota exhausted"
                         Throttled")
 ThrottledError          429 (``retry_after`` from Retry-After)                  re-queue after the delay
 ServerError             5xx                                                     retry (``is_retryable``)
-TransportError          timeout, connection error (``status`` None)             retry (``is_retryable``)
+TransportError          timeout, connection error (``status`` None); the        retry (``is_retryable``)
+                        request may have been accepted unless
+                        ``before_request`` (the identity endpoint failed)
 BadRequestError         any other 4xx                                           fail the job
 NameResolutionError     a workspace/dataset name matched none or several        fix the configuration
 NotRefreshableError     the dataset's ``isRefreshable`` is false                fix the configuration
@@ -32,6 +36,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .models import clean_text
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -43,6 +49,7 @@ __all__ = [
     "RefreshBusyError",
     "ServerError",
     "ThrottledError",
+    "TokenError",
     "TransportError",
     "error_from_response",
     "parse_error_body",
@@ -66,9 +73,13 @@ class PowerBIError(Exception):
         code: str | None = None,
         retry_after: float | None = None,
         request_id: str | None = None,
+        before_request: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
+        #: True when the failure happened before the request was sent (e.g. no token): it surely
+        #: did nothing on the service. False for every error built from an HTTP answer.
+        self.before_request = before_request
         self.status = status
         self.code = code
         self.retry_after = retry_after
@@ -103,6 +114,19 @@ class PowerBIError(Exception):
 
 class AuthenticationError(PowerBIError):
     """The token was refused (401/403 even after one fresh token) or could not be acquired."""
+
+
+class TokenError(AuthenticationError):
+    """The credential could not give a token; the request was not sent and may succeed later."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("before_request", True)
+        super().__init__(message, **kwargs)
+
+    @property
+    def is_retryable(self) -> bool:
+        """Always True: an identity endpoint that is down or throttled comes back."""
+        return True
 
 
 class NotFoundError(PowerBIError):
@@ -186,6 +210,11 @@ def parse_error_body(body: bytes | str | None) -> tuple[str | None, str | None]:
 
     Tolerant of other shapes (``{"message": ...}``) and of non-JSON text (kept, shortened, as message).
     """
+    code, message = _parse_error_body(body)
+    return (clean_text(code) if code else None), (clean_text(message) if message else None)
+
+
+def _parse_error_body(body: bytes | str | None) -> tuple[str | None, str | None]:
     if not body:
         return None, None
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body

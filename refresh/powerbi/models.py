@@ -5,12 +5,17 @@ so every field is read case-insensitively. A refresh's outcome is decided from `
 when present, else from ``status``; ``Unknown``, ``NotStarted`` and ``InProgress`` mean running.
 Failure details come from ``serviceExceptionJson`` (a JSON *string*, history entries) and from
 ``messages[]`` entries of type ``Error`` (execution details).
+
+Every text taken from a payload (names, error codes and messages, engine messages) goes through
+:func:`clean_text`: a lone UTF-16 surrogate (JSON allows ``"\ud800"``) becomes U+FFFD, so what the
+app stores and renders is always valid Unicode.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +27,7 @@ __all__ = [
     "RefreshState",
     "RefreshStatus",
     "Workspace",
+    "clean_text",
     "dataset_from_api",
     "parse_state",
     "refresh_from_details",
@@ -30,6 +36,23 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: every lone surrogate replaced by U+FFFD (the replacement character)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _clean(value: Any) -> Any:
+    """``value`` (JSON data) with every string, key or value, passed through :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
 
 
 class RefreshState(StrEnum):
@@ -107,6 +130,7 @@ class RefreshStatus:
     error_message: str | None
     messages: tuple[dict[str, Any], ...]
     attempts: int | None
+    tables: tuple[str, ...] = ()  # execution details: the tables of its ``objects`` (empty for history entries)
 
     @property
     def is_terminal(self) -> bool:
@@ -130,7 +154,7 @@ def _ci(payload: Mapping[str, Any]) -> dict[str, Any]:
 def _str(value: Any) -> str | None:
     if value is None:
         return None
-    text = str(value)
+    text = clean_text(str(value))
     return text if text else None
 
 
@@ -202,7 +226,7 @@ def _service_exception(text: Any) -> tuple[str | None, str | None]:
 def _messages(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(dict(item) for item in value if isinstance(item, Mapping))
+    return tuple(_clean(item) for item in value if isinstance(item, Mapping))
 
 
 def _exception_json(fields: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -223,7 +247,7 @@ def _engine_errors(messages: tuple[dict[str, Any], ...]) -> tuple[str | None, st
     errors = [_ci(m) for m in messages if str(_ci(m).get("type", "")).lower() == "error"]
     if not errors:
         return None, None
-    texts = [str(e["message"]) for e in errors if e.get("message")]
+    texts = [clean_text(str(e["message"])) for e in errors if e.get("message")]
     return _str(errors[0].get("code")), ("; ".join(texts) if texts else None)
 
 
@@ -238,12 +262,20 @@ def _errors(
     return code or other_code, message or other_message
 
 
+def _tables(value: Any) -> tuple[str, ...]:
+    """The distinct table names of an ``objects`` list (``[{"table", "partition", "status"}]``), in order."""
+    if not isinstance(value, list):
+        return ()
+    names = [_str(_ci(item).get("table")) for item in value if isinstance(item, Mapping)]
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
 def workspace_from_api(payload: Mapping[str, Any]) -> Workspace:
     """A :class:`Workspace` from a ``Group`` payload."""
     fields = _ci(payload)
     return Workspace(
-        id=str(fields.get("id") or ""),
-        name=str(fields.get("name") or ""),
+        id=_str(fields.get("id")) or "",
+        name=_str(fields.get("name")) or "",
         is_on_dedicated_capacity=_bool(fields.get("isondedicatedcapacity"), False),
         capacity_id=_str(fields.get("capacityid")),
     )
@@ -253,8 +285,8 @@ def dataset_from_api(payload: Mapping[str, Any]) -> Dataset:
     """A :class:`Dataset` from a ``Dataset`` payload (``isRefreshable`` or ``IsRefreshable``)."""
     fields = _ci(payload)
     return Dataset(
-        id=str(fields.get("id") or ""),
-        name=str(fields.get("name") or ""),
+        id=_str(fields.get("id")) or "",
+        name=_str(fields.get("name")) or "",
         is_refreshable=_bool(fields.get("isrefreshable"), True),
         configured_by=_str(fields.get("configuredby")),
         target_storage_mode=_str(fields.get("targetstoragemode")),
@@ -270,7 +302,7 @@ def refresh_from_history_entry(payload: Mapping[str, Any]) -> RefreshStatus:
     code, message = _errors(fields, messages, messages_first=False)
     attempts = fields.get("refreshattempts")
     return RefreshStatus(
-        request_id=str(fields.get("requestid") or fields.get("id") or fields.get("refreshid") or ""),
+        request_id=_str(fields.get("requestid") or fields.get("id") or fields.get("refreshid")) or "",
         state=parse_state(raw_status, extended),
         raw_status=raw_status,
         extended_status=extended,
@@ -308,4 +340,5 @@ def refresh_from_details(payload: Mapping[str, Any], request_id: str, *, in_prog
         error_message=message,
         messages=messages,
         attempts=_int(fields.get("numberofattempts")),
+        tables=_tables(fields.get("objects")),
     )

@@ -40,7 +40,8 @@ identity endpoint only when its ``path_contains`` names it, e.g. ``"/msi/"``):
 ``fail_next(status, times=, retry_after=, body=, method=, path_contains=)``, ``busy_next()``,
 ``drop_next_connection()`` (closes the socket without an answer), ``slow_next(seconds)`` (a real
 delay before the request is handled), ``fail_refresh(dataset_id, service_exception=, messages=)``
-(the next refresh of that dataset ends Failed), ``expire_tokens()``.
+(the next refresh of that dataset ends Failed), ``expire_tokens()``. More in simulator_extras.py: a
+refresh started by another client, a POST handled but its answer lost, the token endpoint down.
 
 Every API request is recorded in ``requests`` (:class:`RecordedRequest`: method, path, query,
 headers with the Authorization value redacted, JSON body, and the answer's status and body);
@@ -139,7 +140,7 @@ class RecordedRequest:
 
 @dataclass
 class _Fault:
-    kind: str  # "status", "drop" or "slow"
+    kind: str  # "status", "drop", "slow" or "lost_answer"
     times: int
     method: str | None = None
     path_contains: str | None = None
@@ -173,6 +174,7 @@ class _Refresh:
     body: dict[str, Any]
     outcome: _Outcome | None = None
     cancelled_at: float | None = None
+    kind: str | None = None  # refreshType; None: ViaApi / ViaEnhancedApi from the body (simulator_extras)
 
 
 @dataclass
@@ -626,6 +628,7 @@ class PowerBISimulator:
             raw_query=parts.query,
         )
         extra_headers: dict[str, str] = {}
+        fault = None
         try:
             if path.startswith(ADMIN_PREFIX + "/"):
                 answer = self._admin(method, path[len(ADMIN_PREFIX) :], record.body)
@@ -661,9 +664,9 @@ class PowerBISimulator:
         answer.headers = {**extra_headers, **answer.headers}
         if path.startswith(API_PREFIX) and answer.add_request_id:
             answer.headers.setdefault("RequestId", str(uuid.uuid4()))
-        record.status = answer.status
-        record.response = answer.body
-        record.response_headers = dict(answer.headers)
+        record.status, record.response, record.response_headers = answer.status, answer.body, dict(answer.headers)
+        if fault is not None and fault.kind == "lost_answer":  # handled, then the answer is lost
+            return _drop(handler)
         self._write(handler, answer.status, answer.body, answer.headers)
 
     @staticmethod
@@ -905,7 +908,7 @@ class PowerBISimulator:
         attempt: dict[str, Any] = {"attemptId": 1, "startTime": self._wall(refresh.start), "type": "Data"}
         entry: dict[str, Any] = {
             "requestId": refresh.id,
-            "refreshType": "ViaEnhancedApi" if refresh.enhanced else "ViaApi",
+            "refreshType": refresh.kind or ("ViaEnhancedApi" if refresh.enhanced else "ViaApi"),
             "startTime": self._wall(refresh.start),
             "status": status,
         }
@@ -969,14 +972,9 @@ class PowerBISimulator:
 
     def config(self) -> dict[str, Any]:
         """The tunable settings, as ``PATCH /_sim/config`` takes them."""
-        return {
-            "refresh_duration": self.refresh_duration,
-            "history_lag": self.history_lag,
-            "token_lifetime": self.token_lifetime,
-            "busy_status": self.busy_status,
-            "daily_limit": self.daily_limit,
-            "refresh_headers": sorted(self.refresh_headers) if self.refresh_headers is not None else None,
-        }
+        names = ("refresh_duration", "history_lag", "token_lifetime", "busy_status", "daily_limit")
+        return {**{name: getattr(self, name) for name in names},
+                "refresh_headers": sorted(self.refresh_headers) if self.refresh_headers is not None else None}
 
     def _admin(self, method: str, path: str, body: Any) -> _Answer:
         data = body if isinstance(body, dict) else {}

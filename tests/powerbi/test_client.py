@@ -185,13 +185,16 @@ def test_dataset_listing_cache_expires(sim, make_client, dedicated, fake_clock):
     assert len(api_requests(sim, "GET", "/datasets")) == 2
 
 
-def test_unknown_dataset_lists_what_the_workspace_has(sim, client, dedicated):
-    workspace, _ = dedicated
-    sim.add_dataset(workspace, "HR Model")
+def test_unknown_dataset_names_only_what_was_asked(sim, client, dedicated):
+    # issue 9 item 14: the message used to list up to 20 names and ids of the workspace's datasets
+    workspace, sales = dedicated
+    hr = sim.add_dataset(workspace, "HR Model")
     with pytest.raises(NameResolutionError) as caught:
         client.get_dataset(workspace, "Sales")
     message = str(caught.value)
-    assert "no dataset" in message and "'Sales Model'" in message and "'HR Model'" in message
+    assert "no dataset" in message and "'Sales'" in message
+    assert "Sales Model" not in message and "HR Model" not in message
+    assert sales not in message and hr not in message and caught.value.found == ()
 
 
 def test_dataset_name_match_is_exact_but_near_misses_are_suggested(sim, client, dedicated):
