@@ -16,7 +16,7 @@ from .clock import Clock, iso, parse_iso
 from .outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
 from .pending import DatasetStates, PendingJob, pending_of
 from .powerbi import errors as pbi_errors
-from .running import RunningJob, capped_job, row_fields
+from .running import MAX_LIST, RunningJob, capped_job, row_fields
 
 log = logging.getLogger("refresh.worker")
 outcome_log = logging.getLogger("refresh.outcome")
@@ -81,7 +81,7 @@ class Endings:
             out = {"status": str(status_word), "ended_at": iso(now), "detail": None,
                    "duration_seconds": duration_seconds(started, now)}
             out.update({k: v for k, v in fields.items() if v is not None})
-            return out
+            return _keep_joiners(row, out)
 
         row = self.outcomes.update(dataset_key, job_id, change)
         if row is not None and changed and changed[0]:
@@ -174,9 +174,23 @@ class Endings:
         def change(row: dict) -> dict | None:
             if row.get("status") in END_STATES:
                 return None
-            return {k: (str(v) if isinstance(v, Status) else v) for k, v in fields.items()}
+            return _keep_joiners(row, {k: (str(v) if isinstance(v, Status) else v) for k, v in fields.items()})
 
         self.outcomes.update(dataset_key, job_id, change)
+
+
+JOINER_FIELDS = ("triggers", "requested_by", "reasons")
+"""Row lists that requests joining a running job add to (refresh/pending.py): the worker's own copy of the
+job never replaces them, it adds to them."""
+
+
+def _keep_joiners(row: dict, out: dict) -> dict:
+    public = to_public(row)
+    for name in JOINER_FIELDS:
+        new, old = out.get(name), public.get(name)
+        if isinstance(new, list) and isinstance(old, list):
+            out[name] = [*old, *(item for item in new if item not in old)][:MAX_LIST]
+    return out
 
 
 class _Lost(Exception):
