@@ -7,7 +7,7 @@ function; configuration problems surface on first use with a message naming the 
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 
-from refresh import functions
+from refresh.surfaces import function_bodies as functions
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -52,7 +52,7 @@ def on_refresh_poison(msg: func.QueueMessage) -> None:
     functions.on_refresh_poison(msg)
 
 
-# HTTP API (refresh/api.py; the README documents it). Every route takes every method so that a wrong one
+# HTTP API (refresh/surfaces/http_api.py; the README documents it). Every route takes every method so that a wrong one
 # gets the app's own JSON 405 instead of the host's bare 404.
 HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -102,5 +102,5 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("run_schedules")
 @app.timer_trigger(arg_name="timer", schedule="0 * * * * *", run_on_startup=False, use_monitor=True)
 def run_schedules(timer: func.TimerRequest) -> None:
-    """Every minute: enqueue each due scheduled refresh exactly once (refresh/schedules.py)."""
+    """Every minute: enqueue each due scheduled refresh exactly once (refresh/jobs/schedules.py)."""
     functions.run_schedules(timer)

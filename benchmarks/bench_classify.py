@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from refresh.deltalog import (  # noqa: E402 - after the path set-up
+from refresh.detection.deltalog import (  # noqa: E402 - after the path set-up
     LocalLogReader,
     classify_commit,
     classify_version,

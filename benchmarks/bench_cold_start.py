@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from refresh.testing.azurite import Azurite
+from refresh.dev.testing.azurite import Azurite
 
 ROOT = Path(__file__).resolve().parent.parent
 SDKS = "import azure.functions, azure.storage.blob, azure.data.tables, azure.identity, requests"
@@ -34,12 +34,12 @@ import time
 t0 = time.perf_counter()
 import function_app
 t1 = time.perf_counter()
-from refresh.testing import events
+from refresh.dev.testing import events
 fns = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
 event = events.blob_created(BASE, CONTAINER, "sales/fact_orders/_delta_log/00000000000000000001.json")
 fns["on_lake_event"](events.to_function_event(event))
 t2 = time.perf_counter()
-from refresh.app import get_app
+from refresh.core.context import get_app
 job = get_app().states.pending("sales")
 assert job is not None and job.sources["sales/fact_orders"].last_version == 1, job
 print(json.dumps({"import": t1 - t0, "handled": t2 - t0}))

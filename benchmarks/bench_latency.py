@@ -45,8 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from refresh.powerbi.simulator import PowerBISimulator  # noqa: E402 - after the path set-up
-from refresh.testing.azurite import Azurite, free_port  # noqa: E402
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator  # noqa: E402 - after the path set-up
+from refresh.dev.testing.azurite import Azurite, free_port  # noqa: E402
 
 
 class TimedSimulator(PowerBISimulator):
@@ -117,7 +117,7 @@ def run(mode: str, samples: int, table_count: int, azurite: Azurite, workdir: Pa
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from refresh.app import App
+    from refresh.core.context import App
 
     token = uuid.uuid4().hex[:8]
     container = f"bench{token}"
@@ -198,7 +198,7 @@ def run(mode: str, samples: int, table_count: int, azurite: Azurite, workdir: Pa
 
 
 def _wait_idle(app: Any, key: str, timeout: float = 60) -> None:
-    from refresh import tables as tbl
+    from refresh.core import storage as tbl
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

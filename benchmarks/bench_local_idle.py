@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from refresh.testing.azurite import Azurite  # noqa: E402 - after the path set-up
+from refresh.dev.testing.azurite import Azurite  # noqa: E402 - after the path set-up
 
 LISTINGS = {"count": 0}
 
@@ -71,8 +71,8 @@ def _app(queue: str | None, container: str | None, done: list[int]) -> Any:
 
 
 def _host(app: Any, azurite: Azurite, **options: Any) -> Any:
-    from refresh.local.host import HostOptions, LocalHost, functions_from_app
-    from refresh.local.settings import load_host_json
+    from refresh.dev.local.host import HostOptions, LocalHost, functions_from_app
+    from refresh.dev.local.settings import load_host_json
 
     settings = {"AzureWebJobsStorage": azurite.connection_string}
     return LocalHost(functions_from_app(app), settings, load_host_json(ROOT / "host.json"),

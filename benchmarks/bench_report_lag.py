@@ -2,7 +2,7 @@
 
 Runs the real worker (Azurite tables and queue, the Power BI simulator on loopback, the real
 ManagedIdentityCredential) in virtual time: the queue's visibility delays and the refreshes' durations
-pass on a fake clock shared by the app and the simulator (the pump of refresh/testing/pump.py plays
+pass on a fake clock shared by the app and the simulator (the pump of refresh/dev/testing/pump.py plays
 the Functions host), so ten refreshes take seconds instead of minutes. Both clocks tell the same time.
 
 * Report lag, per refresh: the outcome row's ``ended_at`` (the time of the check that saw the end)
@@ -21,14 +21,14 @@ import os
 import statistics
 import time
 
-from refresh.app import set_app
-from refresh.clock import parse_iso
-from refresh.pending import Change
-from refresh.powerbi.simulator import PowerBISimulator
-from refresh.powerbi.simulator_extras import align_wall
-from refresh.testing.azurite import Azurite
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core.clock import parse_iso
+from refresh.core.context import set_app
+from refresh.dev.powerbi_sim.extras import align_wall
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
+from refresh.dev.testing.azurite import Azurite
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs.pending import Change
 
 CONFIG = {"datasets": {
     "enhanced": {"workspace": "Premium", "dataset": "Sales", "sources": [{"table": "e/fact"}],

@@ -12,10 +12,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from refresh.deltalog import commit_file_name
-from refresh.sweep import sweep
-from refresh.testing.azurite import Azurite
-from refresh.testing.harness import make_app
+from refresh.detection.deltalog import commit_file_name
+from refresh.detection.sweep import sweep
+from refresh.dev.testing.azurite import Azurite
+from refresh.dev.testing.harness import make_app
 
 
 class Counter:

@@ -14,12 +14,12 @@ import os
 import threading
 import time
 
-from refresh.app import set_app
-from refresh.pending import Change
-from refresh.powerbi.simulator import PowerBISimulator
-from refresh.testing.azurite import Azurite
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core.context import set_app
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
+from refresh.dev.testing.azurite import Azurite
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs.pending import Change
 
 
 class Counter:

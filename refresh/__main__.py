@@ -22,15 +22,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "check-config":
-        from .config import check_config_main
+        from refresh.core.routing import check_config_main
 
         return check_config_main(rest)
     if command == "explain":
-        from .explain import main as explain_main
+        from refresh.surfaces.explain import main as explain_main
 
         return explain_main(rest)
     if command == "local":
-        from .local.cli import main as local_main
+        from refresh.dev.local.cli import main as local_main
 
         return local_main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

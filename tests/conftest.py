@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from refresh.settings import reset_settings
-from refresh.testing.azurite import Azurite
+from refresh.core.settings import reset_settings
+from refresh.dev.testing.azurite import Azurite
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def validator():
-    from refresh.powerbi.swagger import SwaggerValidator
+    from refresh.dev.swagger import SwaggerValidator
 
     return SwaggerValidator(SWAGGER)
 
@@ -65,8 +65,8 @@ def _loopback_without_proxy(monkeypatch):
 def sim(validator, request):
     """A started Power BI simulator; at teardown every request it received (and every success answer)
     is validated against the official swagger."""
-    from refresh.powerbi.simulator import PowerBISimulator
-    from refresh.powerbi.swagger import SwaggerMismatch
+    from refresh.dev.powerbi_sim.simulator import PowerBISimulator
+    from refresh.dev.swagger import SwaggerMismatch
 
     with PowerBISimulator() as simulator:
         yield simulator

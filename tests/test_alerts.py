@@ -10,16 +10,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from refresh import alert_formats, alerts, freshness, messages
-from refresh.alerts import Alerter, AlertMessage, AlertSettings, AlertStore
-from refresh.clock import FakeClock, iso
-from refresh.config import parse_config
-from refresh.freshness import AlertEvent, CommitTime, RefreshResult
-from refresh.freshness_tracker import FreshnessTracker
-from refresh.pending import DatasetStates
-from refresh.settings import SettingsError
-from refresh.testing.pump import Pump, VirtualQueue
-from refresh.testing.webhook_sink import WebhookSink
+from refresh.core.clock import FakeClock, iso
+from refresh.core.routing import parse_config
+from refresh.core.settings import SettingsError
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.dev.testing.webhook_sink import WebhookSink
+from refresh.jobs import messages
+from refresh.jobs.pending import DatasetStates
+from refresh.monitoring import alert_formats, alerts, freshness
+from refresh.monitoring.alerts import Alerter, AlertMessage, AlertSettings, AlertStore
+from refresh.monitoring.freshness import AlertEvent, CommitTime, RefreshResult
+from refresh.monitoring.freshness_tracker import FreshnessTracker
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 PBI_ERROR = ("DataSource.Error: Microsoft SQL: Login failed for user 'svc-powerbi'. "
@@ -113,7 +114,7 @@ class Rig:
         from azure.data.tables import TableServiceClient
         from azure.storage.queue import QueueServiceClient
 
-        from refresh import tables
+        from refresh.core import storage as tables
 
         self.clock = FakeClock(T0)
         self.requests: list[str] = []
@@ -231,7 +232,7 @@ def test_retry_after_of_a_429_is_honoured(azurite, unique):
 
 
 def test_an_unreachable_webhook_is_retried_and_its_secret_url_never_logged_or_stored(azurite, unique, caplog):
-    from refresh.testing.azurite import free_port
+    from refresh.dev.testing.azurite import free_port
 
     url = f"http://127.0.0.1:{free_port()}/hook?sig=TOPSECRET"
     rig = Rig(azurite, unique, url)
@@ -364,7 +365,7 @@ def test_a_poisoned_alert_message_is_recorded_as_failed(azurite, unique):
 
 
 def test_the_tracker_feeds_the_lag_gauge(azurite, unique):
-    from refresh import metrics as m
+    from refresh.monitoring import metrics as m
 
     metrics, reader = m.in_memory()
     rig = Rig(azurite, unique, "", metrics=metrics, sales=SALES)

@@ -12,14 +12,14 @@ from urllib.parse import unquote, urlencode
 import azure.functions as func
 import pytest
 
-from refresh import tables
-from refresh.api import MAX_BODY_BYTES, adhoc_key
-from refresh.app import App, set_app
-from refresh.clock import FakeClock, parse_iso
-from refresh.pending import Change
-from refresh.settings import Settings, SettingsError
-from refresh.testing.harness import make_app, storage_env
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core import storage as tables
+from refresh.core.clock import FakeClock, parse_iso
+from refresh.core.context import App, set_app
+from refresh.core.settings import Settings, SettingsError
+from refresh.dev.testing.harness import make_app, storage_env
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs.pending import Change
+from refresh.surfaces.http_api import MAX_BODY_BYTES, adhoc_key
 
 HOST = "https://refresh.example.net"
 CONFIG = {

@@ -107,5 +107,5 @@ def test_cycle_check_finds_a_cycle():
 
 def test_import_graph_resolves_relative_imports():
     graph = _graph()
-    assert "refresh.clock" in graph["refresh.worker"] or any(
-        "refresh.clock" in deps for deps in graph.values())
+    assert "refresh.core.clock" in graph["refresh.jobs.worker"] or any(
+        "refresh.core.clock" in deps for deps in graph.values())

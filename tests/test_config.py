@@ -1,4 +1,4 @@
-"""The routing configuration (refresh/config.py): validation, globs, routing, the check-config command."""
+"""The routing configuration (refresh/core/routing.py): validation, globs, routing, the check-config command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from refresh.config import (
+from refresh.core.routing import (
     DATASET_KEYS,
     REFRESH_KEYS,
     SOURCE_KEYS,
@@ -833,7 +833,7 @@ def test_adhoc_workspaces_key():
 
 def test_app_settings_that_are_not_valid_unicode_are_refused_naming_the_setting():
     """os.environ turns bytes that are not UTF-8 into lone surrogates (surrogateescape)."""
-    from refresh.settings import Settings, SettingsError
+    from refresh.core.settings import Settings, SettingsError
 
     for name in ("GOLD_CONTAINER", "POWERBI_SCOPE", "REFRESH_CONFIG", "ADHOC_REFRESH_WORKSPACES"):
         with pytest.raises(SettingsError, match=f"setting {name}: is not valid Unicode"):

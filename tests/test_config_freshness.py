@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refresh.config import MAX_SLO_MINUTES, ConfigError, describe, parse_config
+from refresh.core.routing import MAX_SLO_MINUTES, ConfigError, describe, parse_config
 
 
 def _config(**extra: object) -> dict:

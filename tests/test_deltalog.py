@@ -1,4 +1,4 @@
-"""refresh/deltalog.py: commit file names, streaming classification, local and Blob log readers."""
+"""refresh/detection/deltalog.py: commit file names, streaming classification, local and Blob log readers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from deltalog_fixtures import (
     write_log_file,
 )
 
-from refresh.deltalog import (
+from refresh.detection.deltalog import (
     COMMIT_NAME_RE,
     MAX_VERSION,
     BlobLogReader,
@@ -40,7 +40,7 @@ from refresh.deltalog import (
     iter_lines,
     split_commit_path,
 )
-from refresh.testing.azurite import Azurite
+from refresh.dev.testing.azurite import Azurite
 
 UUID = "4f6b0f3e-7a5c-4c1e-9d1f-2b3c4d5e6f70"
 V5 = "00000000000000000005.json"

@@ -10,12 +10,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from refresh import messages, tables
-from refresh.app import set_app
-from refresh.deltalog import commit_file_name
-from refresh.pending import pending_of
-from refresh.testing import events as ev
-from refresh.testing.harness import make_app
+from refresh.core import storage as tables
+from refresh.core.context import set_app
+from refresh.detection.deltalog import commit_file_name
+from refresh.dev.testing import events as ev
+from refresh.dev.testing.harness import make_app
+from refresh.jobs import messages
+from refresh.jobs.pending import pending_of
 
 CONFIG = {
     "datasets": {
@@ -377,7 +378,7 @@ def test_debounce_and_max_delay(lake):
 
 
 def ev_time(text):
-    from refresh.clock import parse_iso
+    from refresh.core.clock import parse_iso
 
     return parse_iso(text)
 
@@ -397,7 +398,7 @@ def test_partitioned_table_with_schema_change_and_checkpoint_in_azurite(lake, ca
     v1 = lake.write(table, {"id": [3], "region": ["us"], "note": ["new column"]}, partition_by=["region"],
                     schema_mode="merge")
     lake.dt(table).create_checkpoint()
-    caplog.set_level(logging.INFO, logger="refresh.detect")
+    caplog.set_level(logging.INFO, logger="refresh.detection.detector")
     lake.created(table, v1)
     job = lake.pending("ops")
     assert job.sources[table].last_version == v1 and job.model_tables == ["Ops"]

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from refresh import tables
-from refresh.app import App
-from refresh.settings import SETTINGS
-from refresh.testing.azurite import free_port
+from refresh.core import storage as tables
+from refresh.core.context import App
+from refresh.core.settings import SETTINGS
+from refresh.dev.testing.azurite import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 END = {"Completed", "Failed", "Cancelled", "TimedOut", "Disabled", "NotRefreshable", "Skipped", "Rejected"}

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import azure.functions as func
 import pytest
 
-from refresh.app import set_app
-from refresh.events import event_problem, hint_from_event, ignored_because
-from refresh.testing import events as ev
-from refresh.testing.harness import make_app
+from refresh.core.context import set_app
+from refresh.detection.lake_events import event_problem, hint_from_event, ignored_because
+from refresh.dev.testing import events as ev
+from refresh.dev.testing.harness import make_app
 
 CONFIG = {"datasets": {"sales": {"workspace": "W", "dataset": "D", "sources": [{"table": "sales/fact"}]}}}
 COMMIT = "sales/fact/_delta_log/00000000000000000001.json"
@@ -59,7 +59,7 @@ def test_malformed_events_are_ignored_with_a_clear_reason_in_the_log(app, regist
     for event_type, subject, data, reason in cases:
         caplog.clear()
         registered["on_lake_event"](grid_event(event_type, subject, data))  # never raises
-        lines = [r.getMessage() for r in caplog.records if r.name == "refresh.functions"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "refresh.surfaces.function_bodies"]
         assert any("event e-1 ignored: " in line and reason in line for line in lines), (reason, lines)
     assert not list(app.state_table.query_entities("PartitionKey eq 'dataset'"))
 

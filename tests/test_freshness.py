@@ -1,13 +1,13 @@
-"""Freshness model (refresh/freshness.py): lag, data-as-of, breach state and alert transitions. Pure."""
+"""Freshness model (refresh/monitoring/freshness.py): lag, data-as-of, breach state and alert transitions. Pure."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
 
-from refresh import freshness as fr
-from refresh.clock import iso
-from refresh.freshness import CommitTime, FreshnessRecord, RefreshResult
+from refresh.core.clock import iso
+from refresh.monitoring import freshness as fr
+from refresh.monitoring.freshness import CommitTime, FreshnessRecord, RefreshResult
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -290,8 +290,8 @@ def test_api_object_has_the_documented_fields():
 
 
 def test_commit_times_keep_data_changes_and_fall_back_to_blob_then_detection():
-    from refresh.deltalog import CommitInfo
-    from refresh.freshness_tracker import commit_times
+    from refresh.detection.deltalog import CommitInfo
+    from refresh.monitoring.freshness_tracker import commit_times
 
     def info(version: int, ts: int | None, data: bool = True) -> CommitInfo:
         return CommitInfo(table="t", version=version, operation="WRITE", timestamp=ts, data_change=data,
@@ -305,7 +305,7 @@ def test_commit_times_keep_data_changes_and_fall_back_to_blob_then_detection():
 
 
 def test_result_from_running_reads_the_workers_claim():
-    from refresh.freshness_tracker import result_from_running
+    from refresh.monitoring.freshness_tracker import result_from_running
 
     running = {"job_id": "a" * 32, "started_at": iso(at(1)), "workspace_name": "Finance",
                "dataset_name": "Sales Model",
@@ -320,7 +320,7 @@ def test_result_from_running_reads_the_workers_claim():
 
 
 def test_commit_to_start_is_measured_from_the_oldest_commit_in_the_job():
-    from refresh.freshness_tracker import commit_to_start_seconds
+    from refresh.monitoring.freshness_tracker import commit_to_start_seconds
 
     rec = FreshnessRecord()
     fr.record_commits(rec, "t", commits((3, 0), (4, 2)))
@@ -348,8 +348,8 @@ def test_commits_recorded_late_or_twice_land_in_their_own_span_and_count():
 
 
 def test_result_from_an_outcome_row_as_written_and_as_read():
-    from refresh.freshness_tracker import result_from_row
-    from refresh.outcomes import _flatten, to_public
+    from refresh.jobs.outcomes import _flatten, to_public
+    from refresh.monitoring.freshness_tracker import result_from_row
 
     fields = {"job_id": "b" * 32, "status": "TimedOut", "queued_at": iso(at(0)), "started_at": iso(at(1)),
               "ended_at": iso(at(9)), "sources": {"t": {"first_version": 1, "last_version": 4, "commits": 2}},

@@ -4,12 +4,12 @@ There is no Bicep compiler on these machines (it is a .NET binary from GitHub), 
 the Bicep text itself with a small parser for the subset the templates use. On top of it:
 
 * ``scripts/check_infra.sh`` (checkov, offline) passes with zero failed checks;
-* app settings parity in both directions with ``refresh.settings.SETTINGS``: every setting the code
+* app settings parity in both directions with ``refresh.core.settings.SETTINGS``: every setting the code
   reads is set by the template, or has a default that README.md documents (and settings
   used as ``%NAME%`` binding expressions are always set, because the host resolves them, not the
   Python defaults); every setting the template sets is read by the code, is a connection setting
   (``AzureWebJobsStorage__*``, ``LAKE_STORAGE__*``), or is on a short platform allow-list;
-* connections are identity-based and are read the same way by ``refresh.connections``;
+* connections are identity-based and are read the same way by ``refresh.core.connections``;
 * a "linker" pass: module parameters and outputs match the module files, and every name an
   expression uses is declared;
 * the Event Grid subscription filters, evaluated on sample events, let exactly the Delta commit
@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 
-from refresh import connections
-from refresh.settings import HOST_STORAGE, LAKE_STORAGE, SETTINGS
+from refresh.core import connections
+from refresh.core.settings import HOST_STORAGE, LAKE_STORAGE, SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -65,7 +65,7 @@ FORBIDDEN_SETTINGS = {
     HOST_STORAGE,
     LAKE_STORAGE,
 }
-# The identity-based connection suffixes the Functions host (and refresh/connections.py) read.
+# The identity-based connection suffixes the Functions host (and refresh/core/connections.py) read.
 CONNECTION_SUFFIXES = {"blobServiceUri", "queueServiceUri", "tableServiceUri", "serviceUri", "accountName",
                        "credential", "clientId"}
 WEBHOOK_FUNCTIONS = ("on_delta_commit", "on_lake_event")
@@ -783,7 +783,7 @@ def test_forbidden_settings_appear_nowhere_in_the_infra():
 
 
 # ================================================================================================
-# Connections: identity-based, and read that way by refresh/connections.py
+# Connections: identity-based, and read that way by refresh/core/connections.py
 # ================================================================================================
 
 @pytest.mark.parametrize("prefix, services", [
@@ -799,7 +799,7 @@ def test_connections_are_identity_based(prefix, services):
     assert literal(settings[f"{prefix}__credential"][0].value) == "managedidentity"
     assert source_of(settings[f"{prefix}__clientId"][0].value) == "identityClientId"
 
-    # refresh/connections.py reads exactly these names: build the environment the template
+    # refresh/core/connections.py reads exactly these names: build the environment the template
     # produces (sample endpoint values) and ask it.
     env = {f"{prefix}__{s}ServiceUri": f"https://acct.{s}.core.windows.net/" for s in services}
     env[f"{prefix}__credential"] = "managedidentity"
@@ -1243,7 +1243,7 @@ def test_subscription_filters_pass_exactly_the_commit_events(event, expected):
     assert {name for name, props in subs.items() if _passes(props, event)} == expected
 
 
-# The delivery rule the local runtime (refresh/local/) reproduces: which function gets which event.
+# The delivery rule the local runtime (refresh/dev/local/) reproduces: which function gets which event.
 DELIVERY = {"Microsoft.Storage.BlobCreated": "on_delta_commit", "Microsoft.Storage.BlobRenamed": "on_lake_event"}
 
 
@@ -1809,13 +1809,13 @@ def _distribution_of(module: str) -> str | None:
 def test_deployment_package_holds_runtime_code_only():
     shipped = deployment_package()
     for required in ("function_app.py", "host.json", "requirements.txt", "refresh-config.json",
-                     "refresh/__init__.py", "refresh/app.py", "refresh/powerbi/client.py"):
+                     "refresh/__init__.py", "refresh/core/context.py", "refresh/powerbi/client.py"):
         assert required in shipped, f"{required} is not deployed"
     for path in shipped:
         assert not path.startswith((".local/", ".venv/", "tests/", "infra/", "scripts/", "docs/", "benchmarks/",
-                                    "refresh/local/", "refresh/testing/", ".github/")), path
-        assert path not in ("requirements-dev.txt", "refresh/powerbi/simulator.py", "refresh/powerbi/swagger.py",
-                            ".env", "local.settings.sample.json", "pyproject.toml", "azure.yaml"), path
+                                    "refresh/dev/", ".github/")), path
+        assert path not in ("requirements-dev.txt", ".env", "local.settings.sample.json", "pyproject.toml",
+                            "azure.yaml"), path
         assert not path.endswith(".pyc"), path
 
 
@@ -1827,8 +1827,8 @@ def test_deployed_modules_import_only_the_runtime_lock_and_each_other():
     lock = set(re.findall(r"^([A-Za-z0-9_.\-]+)==", (ROOT / "requirements.txt").read_text(), re.M))
     lock = {re.sub(r"[-_.]+", "-", n).lower() for n in lock}
     # `python -m refresh local` (refresh/__main__.py) is a developer command; the package leaves
-    # refresh/local/ out, and nothing a function runs imports it.
-    dev_only_lazy = {("refresh/__main__.py", "refresh.local.cli")}
+    # refresh/dev/local/ out, and nothing a function runs imports it.
+    dev_only_lazy = {("refresh/__main__.py", "refresh.dev.local.cli")}
     problems = []
     for path in sorted(p for p in shipped if p.endswith(".py")):
         tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))

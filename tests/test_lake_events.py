@@ -22,12 +22,13 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from refresh import connections, functions
-from refresh.app import set_app
-from refresh.deltalog import commit_file_name
-from refresh.pending import pending_of
-from refresh.testing import events as ev
-from refresh.testing.harness import make_app
+from refresh.core import connections
+from refresh.core.context import set_app
+from refresh.detection.deltalog import commit_file_name
+from refresh.dev.testing import events as ev
+from refresh.dev.testing.harness import make_app
+from refresh.jobs.pending import pending_of
+from refresh.surfaces import function_bodies as functions
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "sales/fact_orders"
@@ -214,9 +215,9 @@ def test_unreachable_lake_ends_the_event_grid_call_within_budget(azurite, unique
     the call then fails (the budget, or the storage error once the connect retries are used up)."""
     from azure.core.exceptions import AzureError
 
-    from refresh.app import App
-    from refresh.config import parse_config
-    from refresh.testing.harness import storage_env
+    from refresh.core.context import App
+    from refresh.core.routing import parse_config
+    from refresh.dev.testing.harness import storage_env
 
     app = _app(azurite, unique)
     version = _write(azurite, app, 1)
@@ -232,7 +233,7 @@ def test_unreachable_lake_ends_the_event_grid_call_within_budget(azurite, unique
 
 @pytest.mark.parametrize("service", ["blob", "queue", "table"])
 def test_every_storage_client_retries_within_the_budget(service, timer):
-    """blob, queue and table clients made by refresh.connections all wait between retries through the
+    """blob, queue and table clients made by refresh.core.connections all wait between retries through the
     active budget and stop when the next wait would not fit."""
     from azure.core.exceptions import AzureError
 

@@ -3,7 +3,7 @@ binding the function declares; it stays cheap when idle and keeps each trigger k
 
 Real parts: Azurite, ``deltalake`` writing PUT-style commits, ``azure.storage.blob`` clients. Rename-style
 commits cannot happen in Azurite (no hierarchical namespace): their events are built from the documented
-schema (``refresh.testing.events``).
+schema (``refresh.dev.testing.events``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import pytest
 from azure.storage.blob import BlobClient, BlobServiceClient
 from azure.storage.queue import QueueServiceClient, TextBase64EncodePolicy
 
-from refresh.local.blobs import BlobTarget, EventTarget, LakeWatcher, NewBlob, binding_kind
-from refresh.local.host import HostOptions, Invoker, LocalHost, Scheduler, functions_from_app
-from refresh.local.queues import QueueRunner
-from refresh.local.settings import QueueOptions, load_host_json
-from refresh.testing import events as ev
+from refresh.dev.local.blobs import BlobTarget, EventTarget, LakeWatcher, NewBlob, binding_kind
+from refresh.dev.local.host import HostOptions, Invoker, LocalHost, Scheduler, functions_from_app
+from refresh.dev.local.queues import QueueRunner
+from refresh.dev.local.settings import QueueOptions, load_host_json
+from refresh.dev.testing import events as ev
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -252,7 +252,7 @@ def test_a_job_message_runs_while_1000_commit_deliveries_are_queued(azurite, uni
         client.create_queue()
         client.send_message('{"type": "job"}')
         [msg] = wait_for(lambda: calls.calls["work"])
-        # host.json's messageEncoding is "none": the function gets the base64 text as sent (refresh.messages.unwrap)
+        # host.json's messageEncoding is "none": the function gets the base64 text as sent (messages.unwrap)
         assert base64.b64decode(msg.get_body()) == b'{"type": "job"}'
         assert len(calls.calls["on_commit"]) < 1000  # the deliveries were still queued
     finally:

@@ -13,10 +13,10 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from refresh.local.blobs import EventTarget
-from refresh.local.host import Invoker, functions_from_app
-from refresh.local.http import HttpServer, Route
-from refresh.testing import events as ev
+from refresh.dev.local.blobs import EventTarget
+from refresh.dev.local.host import Invoker, functions_from_app
+from refresh.dev.local.http import HttpServer, Route
+from refresh.dev.testing import events as ev
 
 
 class Calls:

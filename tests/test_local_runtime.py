@@ -22,12 +22,12 @@ import azure.functions as func
 import pytest
 from azure.storage.queue import QueueServiceClient, TextBase64EncodePolicy
 
-from refresh.local.blobs import BlobTarget, EventTarget, LakeWatcher, wanted
-from refresh.local.cli import needs_embedded_storage, powerbi_configuration, seed_simulator
-from refresh.local.host import HostOptions, Invoker, LocalHost, Scheduler, functions_from_app
-from refresh.local.http import HttpServer, Route, compile_route
-from refresh.local.queues import QueueRunner
-from refresh.local.settings import (
+from refresh.dev.local.blobs import BlobTarget, EventTarget, LakeWatcher, wanted
+from refresh.dev.local.cli import needs_embedded_storage, powerbi_configuration, seed_simulator
+from refresh.dev.local.host import HostOptions, Invoker, LocalHost, Scheduler, functions_from_app
+from refresh.dev.local.http import HttpServer, Route, compile_route
+from refresh.dev.local.queues import QueueRunner
+from refresh.dev.local.settings import (
     AppSettings,
     LocalSettingsError,
     QueueOptions,
@@ -36,7 +36,7 @@ from refresh.local.settings import (
     resolve_app_settings,
     resolve_expression,
 )
-from refresh.local.timers import BlobScheduleMonitor, TimerRunner
+from refresh.dev.local.timers import BlobScheduleMonitor, TimerRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = QueueOptions(batch_size=4, new_batch_threshold=2, max_polling_interval=0.5, visibility_timeout=0.0,
@@ -228,8 +228,8 @@ def test_embedded_defaults_decisions():
 
 
 def test_simulator_is_seeded_with_what_the_routing_config_names():
-    from refresh.config import load_config
-    from refresh.powerbi.simulator import PowerBISimulator
+    from refresh.core.routing import load_config
+    from refresh.dev.powerbi_sim.simulator import PowerBISimulator
 
     config = load_config(ROOT / "refresh-config.json")
     sim = PowerBISimulator()
@@ -581,7 +581,7 @@ def test_admin_manual_run_and_event_grid_webhook(http, rec, invoker):
 
 
 def test_event_grid_webhook_delivers_events_and_answers_validation(specs, rec, invoker):
-    from refresh.testing import events as ev
+    from refresh.dev.testing import events as ev
 
     server = HttpServer([], invoker, list(specs.values()), "api", port=0,
                         event_targets=[EventTarget(specs["on_event"], "event")])
@@ -660,8 +660,8 @@ def test_a_killed_runtimes_azurite_is_stopped_at_the_next_start(tmp_path, monkey
     import os
     import subprocess
 
-    from refresh.local.cli import _reap_stale
-    from refresh.testing.azurite import Azurite
+    from refresh.dev.local.cli import _reap_stale
+    from refresh.dev.testing.azurite import Azurite
 
     dead_owner = 2**22 + 12345
     state = tmp_path / "runtime.json"

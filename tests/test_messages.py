@@ -13,12 +13,13 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueServiceClient
 
-from refresh import functions, messages
-from refresh.app import set_app
-from refresh.local.host import Invoker, functions_from_app
-from refresh.local.queues import QueueRunner
-from refresh.local.settings import load_host_json
-from refresh.testing.harness import make_app
+from refresh.core.context import set_app
+from refresh.dev.local.host import Invoker, functions_from_app
+from refresh.dev.local.queues import QueueRunner
+from refresh.dev.local.settings import load_host_json
+from refresh.dev.testing.harness import make_app
+from refresh.jobs import messages
+from refresh.surfaces import function_bodies as functions
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"datasets": {"sales": {"workspace": "W", "dataset": "D", "sources": [{"table": "sales/fact"}]}}}

@@ -1,4 +1,4 @@
-"""OpenTelemetry metrics (refresh/metrics.py): values read back with the SDK's InMemoryMetricReader."""
+"""OpenTelemetry metrics (refresh/monitoring/metrics.py): values read back with the SDK's InMemoryMetricReader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from refresh import metrics as m
+from refresh.monitoring import metrics as m
 
 
 def points(reader, name):
@@ -70,11 +70,11 @@ def test_a_broken_provider_never_fails_the_caller_and_warns_once(caplog):
             raise RuntimeError("exporter down")
 
     metrics = m.Metrics(Broken())
-    with caplog.at_level(logging.WARNING, logger="refresh.metrics"):
+    with caplog.at_level(logging.WARNING, logger="refresh.monitoring.metrics"):
         metrics.record_outcome("sales", "Completed", 1.0)
         metrics.record_throttled("sales", "429")
         metrics.set_lag("sales", 1.0)
-    warnings = [r for r in caplog.records if r.name == "refresh.metrics"]
+    warnings = [r for r in caplog.records if r.name == "refresh.monitoring.metrics"]
     assert len(warnings) == 1 and "RuntimeError" in warnings[0].getMessage()
 
 
@@ -115,7 +115,7 @@ def test_a_failing_distro_setup_is_logged_not_raised(caplog):
     def boom(**kwargs):
         raise ValueError("Invalid instrumentation key\nmore")
 
-    with caplog.at_level(logging.WARNING, logger="refresh.metrics"):
+    with caplog.at_level(logging.WARNING, logger="refresh.monitoring.metrics"):
         assert m.configure_from_env({"APPLICATIONINSIGHTS_CONNECTION_STRING": "bad"}, configure=boom) is False
     assert "ValueError: Invalid instrumentation key" in caplog.text and "more" not in caplog.text
 
@@ -135,7 +135,8 @@ def test_get_metrics_is_lazy_and_replaceable(monkeypatch):
         m.set_metrics(None)
 
 
-@pytest.mark.parametrize("module", ["refresh.metrics", "refresh.alerts", "refresh.freshness_tracker"])
+@pytest.mark.parametrize("module", ["refresh.monitoring.metrics", "refresh.monitoring.alerts",
+                                    "refresh.monitoring.freshness_tracker"])
 def test_importing_needs_no_setting_and_loads_no_telemetry_sdk(module):
     code = (f"import sys, {module}; "
             "loaded = [n for n in sys.modules if n.startswith(('opentelemetry', 'azure.monitor'))]; "

@@ -1,4 +1,4 @@
-"""NCRONTAB parsing and due-time arithmetic (refresh/ncrontab.py)."""
+"""NCRONTAB parsing and due-time arithmetic (refresh/core/ncrontab.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from refresh.ncrontab import CronError, Schedule, parse
+from refresh.core.ncrontab import CronError, Schedule, parse
 
 
 def at(*parts: int) -> datetime:

@@ -1,4 +1,4 @@
-"""Pending jobs (refresh/pending.py) through the registered entry points: bounded joins, and requests
+"""Pending jobs (refresh/jobs/pending.py) through the registered entry points: bounded joins, and requests
 that join the running refresh. Azurite tables and queue, the Power BI simulator, virtual time."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import json
 import azure.functions as func
 import pytest
 
-from refresh import tables
-from refresh.app import set_app
-from refresh.pending import PendingJob, pending_of
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core import storage as tables
+from refresh.core.context import set_app
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs.pending import PendingJob, pending_of
 
 HOST = "https://refresh.example.net"
 CONFIG = {
@@ -177,7 +177,7 @@ def test_a_burst_of_manual_requests_is_one_refresh(world):
 
 
 def test_a_scheduled_run_joins_the_running_refresh(world):
-    from refresh.schedules import run_schedules
+    from refresh.jobs.schedules import run_schedules
 
     [started] = run_schedules(world.app)  # 12:00:00: the schedule starts counting
     assert started.action == "started"
@@ -215,7 +215,7 @@ def test_a_request_for_part_of_the_running_refresh_joins_it(world):
 
 
 def test_a_source_change_since_the_refresh_started_makes_a_follow_up(world):
-    from refresh.pending import Change
+    from refresh.jobs.pending import Change
 
     job_id = start_first(world)
     world.app.states.record("sales", Change(trigger="commit", table="sales/fact_orders", versions=(7,),
@@ -243,7 +243,7 @@ def test_a_running_job_whose_lease_expired_is_not_joined(world):
 
 
 def test_an_unreadable_running_entry_is_never_joined(world):
-    from refresh.pending import running_of
+    from refresh.jobs.pending import running_of
 
     def garble(entity: dict) -> bool:
         tables.put_json(entity, "running", {"job_id": "b" * 32, "job": {"job_id": 5, "surprise": True}})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from refresh import messages
-from refresh.settings import SETTINGS, Settings, SettingsError
+from refresh.core.settings import SETTINGS, Settings, SettingsError
+from refresh.jobs import messages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_lock_script_is_the_one_command():
 
 def test_queue_encoding_matches_host_json():
     host = json.loads((ROOT / "host.json").read_text())
-    # producers write base64; the host hands it over as it is and the app decodes (refresh/messages.py)
+    # producers write base64; the host hands it over as it is and the app decodes (refresh/jobs/messages.py)
     assert host["extensions"]["queues"]["messageEncoding"] == messages.HOST_MESSAGE_ENCODING == "none"
     assert messages.MESSAGE_ENCODING == "base64"
 

@@ -1,12 +1,12 @@
-"""The running-job record (refresh/running.py): typed at the storage boundary, compatible with records
+"""The running-job record (refresh/jobs/running.py): typed at the storage boundary, compatible with records
 written before it existed, bounded whatever the job holds."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from refresh.pending import PendingJob, SourceChange
-from refresh.running import MAX_LIST, MAX_MODEL_TABLES, RunningJob, capped_job, new_claim, parse_check_seq
+from refresh.jobs.pending import PendingJob, SourceChange
+from refresh.jobs.running import MAX_LIST, MAX_MODEL_TABLES, RunningJob, capped_job, new_claim, parse_check_seq
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

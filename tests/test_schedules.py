@@ -9,14 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.functions.timer import TimerRequest
 
-from refresh import messages, tables
-from refresh.app import set_app
-from refresh.clock import FakeClock, iso, parse_iso
-from refresh.config import parse_config
-from refresh.pending import Change
-from refresh.schedules import MAX_RECORDED_MISSES, PK_SCHEDULE, UNCHANGED_DETAIL, next_due, run_schedules
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core import storage as tables
+from refresh.core.clock import FakeClock, iso, parse_iso
+from refresh.core.context import set_app
+from refresh.core.routing import parse_config
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs import messages
+from refresh.jobs.pending import Change
+from refresh.jobs.schedules import MAX_RECORDED_MISSES, PK_SCHEDULE, UNCHANGED_DETAIL, next_due, run_schedules
 
 
 def config(schedule: str, skip: bool = False, **extra) -> dict:
@@ -219,7 +220,7 @@ def test_a_long_outage_records_the_latest_misses_and_fires_once(make):
 
 
 def test_grace_setting_is_validated():
-    from refresh.settings import Settings, SettingsError
+    from refresh.core.settings import Settings, SettingsError
 
     assert Settings.from_env({}).schedule_missed_grace == 300
     assert Settings.from_env({"SCHEDULE_MISSED_GRACE_SECONDS": "900"}).schedule_missed_grace == 900

@@ -28,13 +28,13 @@ import azure.functions as func
 import pytest
 import requests
 
-from refresh.app import set_app
-from refresh.clock import iso
-from refresh.pending import Change
-from refresh.schedules import run_schedules
-from refresh.status_page import CSP, fmt_duration, relative, timeline_svg
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core.clock import iso
+from refresh.core.context import set_app
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs.pending import Change
+from refresh.jobs.schedules import run_schedules
+from refresh.surfaces.status_page import CSP, fmt_duration, relative, timeline_svg
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "status-page.png"
@@ -210,7 +210,7 @@ def test_dataset_view_and_its_errors(world, registered):
 
 
 def test_render_helpers():
-    from refresh.clock import FakeClock
+    from refresh.core.clock import FakeClock
 
     now = FakeClock().now()
     assert [fmt_duration(s) for s in (None, 4.4, 65, 3725)] == ["", "4 s", "1 min 5 s", "1 h 2 min"]

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from worker_world import advance, aligned_world
 
-from refresh import timing
-from refresh.app import set_app
-from refresh.clock import parse_iso
+from refresh.core.clock import parse_iso
+from refresh.core.context import set_app
+from refresh.dev.powerbi_sim.extras import start_other_refresh
+from refresh.jobs import timing
 from refresh.powerbi.models import RefreshState, RefreshStatus
-from refresh.powerbi.simulator_extras import start_other_refresh
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -8,12 +8,13 @@ from datetime import timedelta
 
 import pytest
 
-from refresh import messages, tables
-from refresh.app import set_app
-from refresh.clock import parse_iso
-from refresh.pending import Change
-from refresh.testing.harness import make_app
-from refresh.testing.pump import Pump, VirtualQueue
+from refresh.core import storage as tables
+from refresh.core.clock import parse_iso
+from refresh.core.context import set_app
+from refresh.dev.testing.harness import make_app
+from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs import messages
+from refresh.jobs.pending import Change
 
 CONFIG = {
     "datasets": {
@@ -290,7 +291,7 @@ def test_dataset_that_is_not_refreshable_is_an_outcome_not_a_retry_loop(world):
     config = {"datasets": {**CONFIG["datasets"], "live": {"workspace": "Direct", "dataset": "Live Model",
                                                           "sources": [{"table": "live/t"}],
                                                           "debounce_seconds": 0}}}
-    from refresh.config import parse_config
+    from refresh.core.routing import parse_config
 
     world.app.__dict__["config"] = parse_config(config)
     world.app.__dict__.pop("worker", None)
@@ -328,7 +329,7 @@ def test_two_workers_racing_for_one_dataset_start_one_refresh(world, azurite, re
 
 
 def test_crash_after_the_post_before_recording_it(world, monkeypatch):
-    from refresh.worker import Worker
+    from refresh.jobs.worker import Worker
 
     real = Worker._started
     calls = {"n": 0}
@@ -369,7 +370,7 @@ def test_unparseable_message_is_rejected_and_removed(world):
 
 
 def test_a_job_failing_max_dequeue_count_times_is_recorded_and_poisoned(world, monkeypatch):
-    from refresh.worker import Worker
+    from refresh.jobs.worker import Worker
 
     def broken(self, msg):
         raise RuntimeError("storage outage")

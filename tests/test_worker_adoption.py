@@ -11,14 +11,9 @@ import logging
 import pytest
 from worker_world import advance, aligned_world, refresh_ids
 
-from refresh.app import set_app
-from refresh.clock import parse_iso
-from refresh.powerbi.simulator_extras import (
-    bring_identity_up,
-    lose_next_answer,
-    start_other_refresh,
-    take_identity_down,
-)
+from refresh.core.clock import parse_iso
+from refresh.core.context import set_app
+from refresh.dev.powerbi_sim.extras import bring_identity_up, lose_next_answer, start_other_refresh, take_identity_down
 
 
 @pytest.fixture

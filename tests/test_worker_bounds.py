@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from worker_world import aligned_world
 
-from refresh import tables
-from refresh.app import set_app
-from refresh.pending import Change
-from refresh.running import MAX_MODEL_TABLES
+from refresh.core import storage as tables
+from refresh.core.context import set_app
+from refresh.jobs.pending import Change
+from refresh.jobs.running import MAX_MODEL_TABLES
 
 
 @pytest.fixture

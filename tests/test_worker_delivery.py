@@ -11,9 +11,10 @@ from datetime import timedelta
 import pytest
 from worker_world import aligned_world, refresh_ids
 
-from refresh import messages, tables
-from refresh.app import set_app
-from refresh.clock import parse_iso
+from refresh.core import storage as tables
+from refresh.core.clock import parse_iso
+from refresh.core.context import set_app
+from refresh.jobs import messages
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def _eager_checks(world):
 
 
 def test_a_duplicate_job_message_of_a_running_job_does_not_strand_the_dataset(world, caplog):
-    caplog.set_level(logging.INFO, logger="refresh.worker")
+    caplog.set_level(logging.INFO, logger="refresh.jobs.worker")
     world.sim.refresh_duration = 300
     job = world.commit()
     world.pump.run(until=world.clock.now() + timedelta(seconds=120))
@@ -111,8 +112,8 @@ class Crash:
 
 
 def _crash_run(azurite, registered, token, crash: Crash, monkeypatch, sims, scenario: str):
-    from refresh.powerbi.simulator import PowerBISimulator
-    from refresh.powerbi.simulator_extras import lose_next_answer
+    from refresh.dev.powerbi_sim.extras import lose_next_answer
+    from refresh.dev.powerbi_sim.simulator import PowerBISimulator
 
     frozen = 1000.0  # its clock moves only with the pump's virtual time
     sim = PowerBISimulator(clock=lambda: frozen).start()  # a fresh Power BI per run (one workspace of each name)

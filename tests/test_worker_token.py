@@ -9,8 +9,8 @@ import pytest
 from azure.identity import DefaultAzureCredential
 from worker_world import aligned_world, refresh_ids
 
-from refresh.app import set_app
-from refresh.powerbi.simulator_extras import bring_identity_up, take_identity_down
+from refresh.core.context import set_app
+from refresh.dev.powerbi_sim.extras import bring_identity_up, take_identity_down
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from test_worker import CONFIG, World
 
-from refresh.powerbi.simulator_extras import align_wall
+from refresh.dev.powerbi_sim.extras import align_wall
 
 __all__ = ["CONFIG", "World", "advance", "aligned_world", "our_posts", "refresh_ids"]
 

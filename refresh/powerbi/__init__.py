@@ -2,11 +2,11 @@
 swagger validator for tests.
 
 Import the client and errors from here; the simulator and the validator are test tools and are
-imported from their own modules (``refresh.powerbi.simulator``, ``refresh.powerbi.swagger``).
+imported from their own modules (``refresh.dev.powerbi_sim.simulator``, ``refresh.dev.swagger``).
 """
 
-from .client import DEFAULT_ENHANCED_TYPE, PowerBIClient, build_refresh_body, odata_string
-from .errors import (
+from refresh.powerbi.client import DEFAULT_ENHANCED_TYPE, PowerBIClient, build_refresh_body, odata_string
+from refresh.powerbi.errors import (
     AuthenticationError,
     BadRequestError,
     DailyLimitError,
@@ -19,7 +19,7 @@ from .errors import (
     ThrottledError,
     TransportError,
 )
-from .models import (
+from refresh.powerbi.models import (
     Dataset,
     RefreshState,
     RefreshStatus,

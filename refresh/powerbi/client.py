@@ -52,7 +52,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from .errors import (
+from refresh.powerbi.errors import (
     NameResolutionError,
     NotRefreshableError,
     PowerBIError,
@@ -61,7 +61,7 @@ from .errors import (
     error_from_response,
     parse_error_body,
 )
-from .models import (
+from refresh.powerbi.models import (
     Dataset,
     RefreshStatus,
     Workspace,

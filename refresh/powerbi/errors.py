@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .models import clean_text
+from refresh.powerbi.models import clean_text
 
 __all__ = [
     "AuthenticationError",

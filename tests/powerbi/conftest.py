@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from azure.identity import ManagedIdentityCredential
 
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
 from refresh.powerbi.client import PowerBIClient
-from refresh.powerbi.simulator import PowerBISimulator
 
 SPEC = Path(__file__).resolve().parent.parent / "data" / "powerbi-swagger.json"
 SCOPE = "https://analysis.windows.net/powerbi/api/.default"

@@ -18,6 +18,8 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ServiceRequestError
 
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
+from refresh.dev.swagger import SwaggerValidator
 from refresh.powerbi import (
     AuthenticationError,
     BadRequestError,
@@ -42,8 +44,6 @@ from refresh.powerbi import (
 )
 from refresh.powerbi.errors import error_from_response, parse_retry_after
 from refresh.powerbi.models import parse_state
-from refresh.powerbi.simulator import PowerBISimulator
-from refresh.powerbi.swagger import SwaggerValidator
 
 SCOPE = "https://analysis.windows.net/powerbi/api/.default"
 STANDARD = {"notifyOption": "NoNotification"}

@@ -13,8 +13,8 @@ import time
 import pytest
 import requests
 
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
 from refresh.powerbi import RefreshBusyError, RefreshState, ThrottledError
-from refresh.powerbi.simulator import PowerBISimulator
 
 RESOURCE = "https://analysis.windows.net/powerbi/api"
 SCOPE = RESOURCE + "/.default"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from refresh.powerbi.swagger import SwaggerMismatch, SwaggerValidator
+from refresh.dev.swagger import SwaggerMismatch, SwaggerValidator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 G = "f089354e-8366-4e18-aea3-4cb4a3a50b48"

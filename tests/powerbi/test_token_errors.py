@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+from refresh.dev.powerbi_sim.extras import bring_identity_up, take_identity_down
 from refresh.powerbi.client import PowerBIClient
 from refresh.powerbi.errors import AuthenticationError, PowerBIError, TokenError
-from refresh.powerbi.simulator_extras import bring_identity_up, take_identity_down
 
 SCOPE = "https://analysis.windows.net/powerbi/api/.default"
 

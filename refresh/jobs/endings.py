@@ -1,0 +1,255 @@
+"""How a job ends or steps back, and the outcome row's writes (part of the worker, see refresh/jobs/worker.py).
+
+Order of writes, so a crash between any two is repaired by the message that is redelivered: the
+outcome row first, then the lease is released, then the follow-up job is woken. A second pass over
+an ended job changes nothing and logs nothing (one row, one structured log line per job).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from refresh.core import storage as tables
+from refresh.core.clock import Clock, iso, parse_iso
+from refresh.jobs import messages
+from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
+from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
+from refresh.jobs.running import MAX_LIST, RunningJob, capped_job, row_fields
+from refresh.powerbi import errors as pbi_errors
+
+log = logging.getLogger("refresh.jobs.worker")
+outcome_log = logging.getLogger("refresh.outcome")
+
+
+class Endings:
+    """Endings of a job: outcome rows, lease release, back to pending. Mixed into the Worker."""
+
+    states: DatasetStates
+    outcomes: Outcomes
+    queue: Any
+    clock: Clock
+
+    def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
+                status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
+        """Record the outcome row first, then release the lease: a crash in between leaves the lease, and the
+        redelivered check finds the end again and releases it."""
+        fields: dict[str, Any] = {}
+        pbi_duration = None
+        if status is not None:
+            error_code = error_code or status.error_code
+            error_message = error_message or status.error_message
+            if status.messages:
+                fields["messages"] = list(status.messages)[:50]
+            if status.end_time and status.start_time and status_word == Status.COMPLETED:
+                pbi_duration = round((status.end_time - status.start_time).total_seconds(), 3)
+                fields["powerbi_duration_seconds"] = pbi_duration
+        self._finish_row(dataset_key, running.job_id, status_word, now, error_code=error_code,
+                         error_message=error_message, started_at=running.started_at, request_id=running.refresh_id,
+                         adopted=running.adopted, adopted_reason=running.adopted_reason, **row_fields(running),
+                         **fields)
+
+        def release(data: dict) -> bool:
+            current = _running_of(data)
+            if not current or current.job_id != running.job_id:
+                return False
+            tables.put_json(data, "running", None)
+            if status_word == Status.COMPLETED:
+                # what the model now contains: per source table, the newest version refreshed
+                refreshed = tables.get_json(data, "refreshed", {}) or {}
+                for table, change in running.job.sources.items():
+                    refreshed[table] = max(refreshed.get(table, -1), change.last_version)
+                tables.put_json(data, "refreshed", refreshed)
+                data["last_success_at"] = iso(now)
+            return True
+
+        entity = self.states.update(dataset_key, release)
+        follow_up = pending_of(entity) if entity else None
+        if follow_up is not None:
+            self._requeue("job", dataset_key, follow_up.job_id,
+                          max(0.0, (parse_iso(follow_up.due_at) - now).total_seconds()))
+        return status_word.lower()
+
+    def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, **fields: Any) -> None:
+        changed: list[bool] = []
+
+        def change(row: dict) -> dict | None:
+            changed[:] = [row.get("status") not in END_STATES]
+            if not changed[0]:
+                return None  # already ended (e.g. recorded before a crash): one row, one log line
+            started = fields.get("started_at") or row.get("started_at") or None
+            out = {"status": str(status_word), "ended_at": iso(now), "detail": None,
+                   "duration_seconds": duration_seconds(started, now)}
+            out.update({k: v for k, v in fields.items() if v is not None})
+            return _keep_joiners(row, out)
+
+        row = self.outcomes.update(dataset_key, job_id, change)
+        if row is not None and changed and changed[0]:
+            _log_outcome(to_public(row))
+
+    def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
+                      exc: pbi_errors.PowerBIError) -> str:
+        now = self.clock.now()
+        status = Status.NOT_REFRESHABLE if isinstance(exc, pbi_errors.NotRefreshableError) else Status.FAILED
+        self._finish_row(dataset_key, job.job_id, status, now, error_code=exc.code or type(exc).__name__,
+                         error_message=_describe(exc), request_id=exc.request_id, sources=_sources(job),
+                         model_tables=job.objects() or [], triggers=job.triggers)
+        if running is not None:
+            def release(data: dict) -> bool:
+                current = _running_of(data)
+                if current and current.job_id == job.job_id:
+                    tables.put_json(data, "running", None)
+                    return True
+                return False
+
+            self.states.update(dataset_key, release)
+        else:
+            self._drop_pending(dataset_key, job.job_id)
+        return status.lower()
+
+    def _back_to_pending(self, dataset_key: str, running: RunningJob, delay: float, detail: str,
+                         exc: pbi_errors.PowerBIError) -> str:
+        """Give the claim back: the job waits (merged with anything pending) and is tried again later."""
+        now = self.clock.now()
+        job = running.job
+        merged_away: list[str] = []
+
+        def unclaim(data: dict) -> bool:
+            current = _running_of(data)
+            if not current or current.job_id != job.job_id:
+                raise _Lost()
+            newer = pending_of(data)
+            if newer is not None:
+                _absorb(job, newer)
+                merged_away.append(newer.job_id)
+            job.due_at = iso(now + timedelta(seconds=delay))
+            tables.put_json(data, "running", None)
+            tables.put_json(data, "pending", capped_job(job).to_dict())
+            tables.put_json(data, "post_log", {"job_id": job.job_id, "unsure_since": running.unsure_since,
+                                               "unsure_reason": running.unsure_reason,
+                                               "busy_tries": running.busy_tries,
+                                               "unsure_posted": running.unsure_posted})
+            data["enqueued"] = True
+            return True
+
+        self.states.update(dataset_key, unclaim)
+        for other in merged_away:
+            self._finish_row(dataset_key, other, Status.SKIPPED, now, detail=f"merged into job {job.job_id}",
+                             error_message=f"merged into job {job.job_id}")
+        self._set_row(dataset_key, job.job_id, status=Status.WAITING, detail=detail, request_id=exc.request_id,
+                      next_attempt_at=job.due_at)
+        log.info("job %s of dataset %s waits %.0f s: %s", job.job_id, dataset_key, delay, detail)
+        self._requeue("job", dataset_key, job.job_id, delay)
+        return "waiting"
+
+    def _abandon(self, dataset_key: str, running: RunningJob, now: datetime) -> None:
+        self._finish_row(dataset_key, running.job_id, Status.FAILED, now, error_code="LeaseExpired",
+                         request_id=running.refresh_id,
+                         error_message="the job's lease expired before its end was seen (instance lost?)")
+
+        def clear(data: dict) -> bool:
+            current = _running_of(data)
+            if current and current.job_id == running.job_id:
+                tables.put_json(data, "running", None)
+                return True
+            return False
+
+        self.states.update(dataset_key, clear)
+
+    def _drop_pending(self, dataset_key: str, job_id: str) -> None:
+        def drop(data: dict) -> bool:
+            job = pending_of(data)
+            if job and job.job_id == job_id:
+                tables.put_json(data, "pending", None)
+                return True
+            return False
+
+        self.states.update(dataset_key, drop)
+
+    def _requeue(self, type_: str, dataset_key: str, job_id: str, delay: float, attempt: int = 0) -> None:
+        msg = messages.JobMessage.new(type_, dataset_key, job_id, self.clock.now(), attempt=attempt)
+        messages.send(self.queue, msg, delay)
+
+    def _set_row(self, dataset_key: str, job_id: str, **fields: Any) -> None:
+        def change(row: dict) -> dict | None:
+            if row.get("status") in END_STATES:
+                return None
+            return _keep_joiners(row, {k: (str(v) if isinstance(v, Status) else v) for k, v in fields.items()})
+
+        self.outcomes.update(dataset_key, job_id, change)
+
+
+JOINER_FIELDS = ("triggers", "requested_by", "reasons")
+"""Row lists that requests joining a running job add to (refresh/jobs/pending.py): the worker's own copy of the
+job never replaces them, it adds to them."""
+
+
+def _keep_joiners(row: dict, out: dict) -> dict:
+    public = to_public(row)
+    for name in JOINER_FIELDS:
+        new, old = out.get(name), public.get(name)
+        if isinstance(new, list) and isinstance(old, list):
+            out[name] = [*old, *(item for item in new if item not in old)][:MAX_LIST]
+    return out
+
+
+class _Lost(Exception):
+    """The state changed under us so that this message no longer applies."""
+
+
+def _running_of(entity: Any) -> RunningJob | None:
+    data = tables.get_json(entity, "running")
+    return RunningJob.from_dict(data) if data else None
+
+
+def _absorb(job: PendingJob, newer: PendingJob) -> None:
+    for table, change in newer.sources.items():
+        mine = job.sources.get(table)
+        if mine is None:
+            job.sources[table] = change
+        else:
+            mine.first_version = min(mine.first_version, change.first_version)
+            mine.last_version = max(mine.last_version, change.last_version)
+            mine.commits += change.commits
+    if newer.whole_model:
+        job.whole_model, job.model_tables = True, []
+    elif not job.whole_model:
+        job.model_tables = sorted(set(job.model_tables) | set(newer.model_tables))
+    for name in ("triggers", "requested_by", "reasons"):
+        target = getattr(job, name)
+        for item in getattr(newer, name):
+            if item not in target:
+                target.append(item)
+    job.last_change_at = max(job.last_change_at, newer.last_change_at)
+
+
+def _sources(job: PendingJob) -> dict[str, Any]:
+    return {t: {"first_version": s.first_version, "last_version": s.last_version, "commits": s.commits}
+            for t, s in job.sources.items()}
+
+
+def _describe(exc: pbi_errors.PowerBIError) -> str:
+    parts = [type(exc).__name__]
+    if exc.status is not None:
+        parts.append(f"HTTP {exc.status}")
+    if exc.code:
+        parts.append(exc.code)
+    return f"{' '.join(parts)}: {exc.message}"
+
+
+def _log_outcome(row: dict) -> None:
+    facts = {k: row.get(k) for k in (
+        "dataset_key", "job_id", "status", "triggers", "requested_by", "sources", "model_tables",
+        "workspace_name", "dataset_name", "refresh_type", "request_id", "adopted", "adopted_reason", "attempts",
+        "queued_at", "started_at", "ended_at", "duration_seconds", "powerbi_duration_seconds", "error_code",
+        "error_message")}
+    outcome_log.info(
+        "refresh outcome: dataset=%s job=%s status=%s duration=%ss request_id=%s adopted=%s error=%s",
+        facts["dataset_key"], facts["job_id"], facts["status"], facts["duration_seconds"], facts["request_id"] or "-",
+        bool(facts["adopted"]), (facts["error_message"] or "-")[:500], extra={"refresh_outcome": facts},
+    )
+
+def _recent(starts: list[str], now: datetime) -> list[str]:
+    day_ago = now - timedelta(hours=24)
+    return sorted(s for s in starts if parse_iso(s) > day_ago)

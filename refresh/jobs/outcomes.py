@@ -1,0 +1,256 @@
+"""Outcome rows: one per refresh job in ``OUTCOMES_TABLE``, updated as the job moves, ETag-guarded.
+
+PartitionKey is the dataset key; RowKey is ``<inverted creation time in ms, 13 digits>-<job id>`` so a
+partition lists newest first and every job has its own row. An index entity in ``STATE_TABLE``
+(PartitionKey ``job``, RowKey the job id) finds a row from the job id alone (``GET /api/refreshes/{id}``).
+
+Statuses: ``Queued`` (waiting for its debounce), ``Waiting`` (busy dataset, 429, daily limit: see
+``detail``), ``Running``, and the end states ``Completed``, ``Failed``, ``Cancelled``, ``TimedOut``,
+``Disabled``, ``NotRefreshable``, ``Skipped`` and ``Rejected`` (a message that could not be parsed).
+``adopted`` is true only when the job's own POST may have been accepted without its answer being seen
+(a timeout, a dropped connection, a crash between the POST and recording it) and Power BI's history
+then showed that refresh; ``adopted_reason`` says why. ``request_id`` always names the refresh the row
+describes. ``powerbi_duration_seconds`` is Power BI's own startTime→endTime of a completed refresh.
+
+Every value is kept within Table Storage's limits (64 KiB per property, 1 MiB per entity): long texts
+are cut and long JSON lists shortened (with a note of how many were left out), so a row update can
+never fail for its size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from refresh.core import storage as tables
+from refresh.core.clock import iso, parse_iso
+
+log = logging.getLogger(__name__)
+
+PK_JOB_INDEX = "job"
+
+
+class Status(StrEnum):
+    """The statuses of an outcome row (the one definition; compare and store them as plain strings)."""
+
+    QUEUED = "Queued"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    TIMED_OUT = "TimedOut"
+    DISABLED = "Disabled"
+    NOT_REFRESHABLE = "NotRefreshable"
+    SKIPPED = "Skipped"
+    REJECTED = "Rejected"
+
+    @property
+    def is_end(self) -> bool:
+        return self in END_STATES
+
+
+END_STATES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT, Status.DISABLED,
+                        Status.NOT_REFRESHABLE, Status.SKIPPED, Status.REJECTED})
+MAX_TEXT = 16_000          # characters of one text property (UTF-16 units stay far below 32 K)
+MAX_JSON = 30_000          # characters of one JSON column
+_MAX_MS = 10**13
+COLUMNS = (
+    "job_id", "dataset_key", "status", "detail", "trigger", "triggers", "requested_by", "reasons", "sources",
+    "model_tables", "workspace_id", "workspace_name", "dataset_id", "dataset_name", "refresh_type",
+    "request_id", "attempts", "queued_at", "due_at", "started_at", "ended_at", "duration_seconds",
+    "error_code", "error_message", "messages", "adopted", "adopted_reason", "powerbi_duration_seconds",
+)
+JSON_COLUMNS = ("sources", "model_tables", "requested_by", "triggers", "reasons", "messages")
+
+
+def row_key_for(created: datetime, job_id: str) -> str:
+    ms = int(created.timestamp() * 1000)
+    return f"{_MAX_MS - ms:013d}-{job_id}"
+
+
+class Outcomes:
+    """Create, update and read outcome rows."""
+
+    def __init__(self, table: Any, index_table: Any) -> None:
+        self.table = table
+        self.index = index_table
+        self._where: dict[str, tuple[str, str]] = {}  # job id -> (PartitionKey, RowKey); never changes
+
+    def create(self, dataset: str, job_id: str, created: datetime, fields: dict[str, Any]) -> dict[str, Any]:
+        """Create the row of a new job (idempotent: an existing row is returned unchanged)."""
+        rk = row_key_for(created, job_id)
+        row = {"PartitionKey": dataset, "RowKey": rk, "job_id": job_id, "dataset_key": dataset,
+               "queued_at": iso(created), "attempts": 0}
+        row.update(_flatten(fields))
+        try:
+            tables.write(self.index, {"PartitionKey": PK_JOB_INDEX, "RowKey": job_id, "dataset": dataset,
+                                      "row": rk}, None)
+            self._where[job_id] = (dataset, rk)
+        except tables.Conflict:
+            pass
+        try:
+            tables.write(self.table, row, None)
+        except tables.Conflict:
+            existing = tables.get_entity(self.table, dataset, rk)
+            return dict(existing) if existing else row
+        return row
+
+    def locate(self, job_id: str) -> tuple[str, str] | None:
+        where = self._where.get(job_id)
+        if where is None:
+            entity = tables.get_entity(self.index, PK_JOB_INDEX, job_id)
+            if entity is None:
+                return None
+            where = (entity["dataset"], entity["row"])
+            if len(self._where) > 10_000:
+                self._where.clear()
+            self._where[job_id] = where
+        return where
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        where = self.locate(job_id)
+        if where is None:
+            return None
+        entity = tables.get_entity(self.table, *where)
+        return to_public(entity) if entity else None
+
+    def update(self, dataset: str, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> (
+            dict[str, Any] | None):
+        """Read-modify-write the job's row, ETag-guarded; ``change`` returns the fields to set."""
+        where = self.locate(job_id)
+        if where is None:
+            return None
+        for _ in range(20):
+            entity = tables.get_entity(self.table, *where)
+            if entity is None:
+                return None
+            fields = change(dict(entity))
+            if not fields:
+                return dict(entity)
+            data = dict(entity)
+            data.update(_flatten(fields))
+            try:
+                tables.write(self.table, data, entity.metadata["etag"])
+                return data
+            except tables.Conflict:
+                continue
+        raise tables.Conflict(f"outcome row of job {job_id} kept changing")
+
+    def history(self, dataset: str, top: int = 20) -> list[dict[str, Any]]:
+        rows = []
+        pages = self.table.query_entities("PartitionKey eq @pk", parameters={"pk": dataset},
+                                          results_per_page=min(top, 1000))
+        for entity in pages:
+            rows.append(to_public(entity))
+            if len(rows) >= top:
+                break
+        return rows
+
+    def recent_durations(self, dataset: str, count: int = 5) -> list[float]:
+        """Power BI's own durations (startTime→endTime, s) of the dataset's last completed refreshes,
+        newest first (one request). The app-observed ``duration_seconds`` is not used: it includes the
+        app's own polling delay, and timing the next check from it makes the lag creep up."""
+        found = []
+        pages = self.table.query_entities(
+            "PartitionKey eq @pk and status eq 'Completed'", parameters={"pk": dataset},
+            select=["powerbi_duration_seconds"], results_per_page=count,
+        )
+        for entity in pages:
+            value = tables.value(entity, "powerbi_duration_seconds")
+            if isinstance(value, int | float) and value >= 0:
+                found.append(float(value))
+            if len(found) >= count:
+                break
+        return found
+
+
+def _flatten(fields: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in fields.items():
+        if key in JSON_COLUMNS:
+            out[key] = bounded_json(value)
+        elif isinstance(value, datetime):
+            out[key] = iso(value)
+        elif value is None:
+            out[key] = ""
+        elif isinstance(value, str):
+            out[key] = bounded_text(value)
+        else:
+            out[key] = value
+    return out
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters (with a note), so a property stays under 64 KiB."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 40] + f" … [{len(text) - limit + 40} characters cut]"
+
+
+def bounded_json(value: Any, limit: int = MAX_JSON) -> str:
+    """``value`` as JSON of at most ``limit`` characters: long lists and dicts lose their tail (a last
+    list item, or the key ``"…"``, says how many were left out); texts inside are cut."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        return json.dumps(bounded_text(value, limit // 2))
+    if isinstance(value, list | dict):
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        keep = len(items)
+        while keep > 0:
+            keep //= 2
+            part = items[:keep]
+            if isinstance(value, dict):
+                shrunk: Any = {str(k): _shrink(v) for k, v in part}
+                shrunk["…"] = f"{len(items) - keep} more left out"
+            else:
+                shrunk = [_shrink(v) for v in part] + [f"… {len(items) - keep} more left out"]
+            text = json.dumps(shrunk, separators=(",", ":"), sort_keys=True)
+            if len(text) <= limit:
+                return text
+    return json.dumps(f"too large to store ({len(text)} characters of JSON)")
+
+
+def _shrink(value: Any) -> Any:
+    if isinstance(value, str):
+        return bounded_text(value, 2000)
+    if isinstance(value, dict):
+        return {str(k): _shrink(v) for k, v in list(value.items())[:50]}
+    if isinstance(value, list):
+        return [_shrink(v) for v in value[:50]]
+    return value
+
+
+def to_public(entity: Any) -> dict[str, Any]:
+    """A row as plain JSON-able data (JSON columns decoded, empty strings as None)."""
+    out: dict[str, Any] = {}
+    for key, raw in dict(entity).items():
+        if key in ("PartitionKey", "RowKey") or key.startswith("odata"):
+            continue
+        value = getattr(raw, "value", raw)
+        if key in JSON_COLUMNS and isinstance(value, str) and value:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if value == "":
+            value = None
+        if isinstance(value, datetime):
+            value = iso(value)
+        out[key] = value
+    for column in COLUMNS:
+        out.setdefault(column, None)
+    out.setdefault("dataset", out.get("dataset_key"))
+    return out
+
+
+def duration_seconds(started: str | None, ended: datetime) -> float | None:
+    if not started:
+        return None
+    return round((ended - parse_iso(started)).total_seconds(), 3)

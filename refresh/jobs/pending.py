@@ -1,0 +1,477 @@
+"""Pending refresh jobs: at most one per dataset, coalescing every change that arrives before it runs.
+
+State lives in ``STATE_TABLE``, one entity per dataset (PartitionKey ``dataset``, RowKey the dataset
+key), updated only with ETag guards:
+
+* ``pending`` (JSON): the job waiting to run (see :class:`PendingJob`), or absent;
+* ``enqueued``: whether the job's queue message was sent (a crash between recording and sending is
+  repaired by the sweep, see :meth:`DatasetStates.repair_unsent`);
+* ``running`` (JSON): the job holding the dataset's lease (refresh/jobs/worker.py; read here only through
+  :func:`running_of`); ``running_joins`` (JSON): who joined it since (a manual or scheduled request
+  that asks for nothing more than the running refresh joins it rather than making a follow-up);
+* ``refreshed`` (JSON ``{table: version}``) and ``last_success_at``: what the last completed
+  refreshes contained (for ``schedule_skip_if_unchanged``);
+* ``starts`` (JSON list): when this app started refreshes in the last 24 h (daily limit);
+* ``covered`` (JSON ``{table: version}``): the newest Delta version of each source table already
+  put into a job of this dataset. It is written in the same ETag-guarded write as the job, so a
+  re-run of detection after a crash never puts the same commit into a second job, even when the
+  first job has already been taken by the worker.
+
+What a job holds is capped (:func:`bound`, applied whenever a job is stored): too many model tables
+widen it to the whole model; requesters and reasons beyond the caps are counted, not listed. So no
+write of a job, its copy in ``running`` or its outcome row can exceed Table Storage's limits.
+
+The queue message is sent once, when a job is created, delayed until the job is due
+(``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
+first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
+remainder of the wait (refresh/jobs/worker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from refresh.core import storage as tables
+from refresh.core.clock import Clock, iso, parse_iso
+from refresh.jobs import messages
+
+log = logging.getLogger(__name__)
+
+PK_DATASET = "dataset"
+MAX_CONFLICT_RETRIES = 20
+
+# What one job may hold. A job is stored twice in its dataset's entity (``pending``, then ``running``)
+# and its lists once more in single properties of its outcome row. Table Storage holds at most 1 MB
+# per entity and 64 KB per property, strings counted in UTF-16; what is stored is JSON with non-ASCII
+# escaped (``\\uXXXX``, 12 characters for an emoji), so budgets count characters of that text.
+MAX_JOB_MODEL_TABLES = 100
+MAX_JOB_REQUESTERS = 20
+MAX_JOB_REASONS = 20
+MAX_JOB_TRIGGERS = 10
+MAX_REASON_LENGTH = 500
+MAX_REQUESTER_LENGTH = 256
+MODEL_TABLES_BUDGET = 16_000   # stored characters (32 KB in UTF-16); over it the job widens to the whole model
+REASONS_BUDGET = 12_000
+REQUESTERS_BUDGET = 6_000
+OMITTED_NOTE = "(+{n} more requester(s) or reason(s) not listed: a job lists at most what fits its caps)"
+
+
+@dataclass
+class SourceChange:
+    """What one source table contributed to a job."""
+
+    first_version: int
+    last_version: int
+    commits: int
+
+
+@dataclass
+class PendingJob:
+    """A refresh waiting to run for one dataset."""
+
+    job_id: str
+    trigger: str                      # first trigger: commit | schedule | manual
+    created_at: str
+    last_change_at: str
+    due_at: str
+    whole_model: bool = False
+    model_tables: list[str] = field(default_factory=list)
+    sources: dict[str, SourceChange] = field(default_factory=dict)
+    triggers: list[str] = field(default_factory=list)
+    requested_by: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    refresh_type: str | None = None   # manual override of the enhanced refresh type
+    workspace: str | None = None      # for ad-hoc (unconfigured) datasets
+    dataset: str | None = None
+    scheduled_for: str | None = None
+    omitted: int = 0                  # requesters/reasons not listed because of the caps
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as stored, within the caps (:func:`bound`), whoever built or merged it."""
+        return bound(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PendingJob:
+        data = dict(data)
+        data["sources"] = {t: SourceChange(**s) for t, s in data.get("sources", {}).items()}
+        return cls(**data)
+
+    def objects(self) -> list[str] | None:
+        """Model tables to refresh, or None for the whole model."""
+        return None if self.whole_model or not self.model_tables else list(self.model_tables)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One contribution to a dataset's pending job."""
+
+    trigger: str
+    debounce_seconds: int
+    max_delay_seconds: int
+    model_tables: frozenset[str] | None        # None = the whole model
+    table: str | None = None                    # commit changes: the source table ...
+    versions: tuple[int, ...] = ()              # ... and its data-changing versions
+    requested_by: str | None = None
+    reason: str | None = None
+    refresh_type: str | None = None
+    workspace: str | None = None
+    dataset: str | None = None
+    scheduled_for: str | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Result of :meth:`DatasetStates.record`."""
+
+    job_id: str | None     # None when nothing new was recorded (all versions already covered)
+    created: bool          # a new job (and a queue message) was created
+    due_at: str | None = None
+    earlier: bool = False  # joined a pending job and made it due earlier (a message for the new time was sent)
+    joined: str | None = None  # "pending" or "running": the job this request joined (None when created)
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """What detection and requests need of the job holding a dataset's lease (``running``, written by
+    refresh/jobs/worker.py), read defensively: any field may be missing or of another shape."""
+
+    job_id: str
+    job: PendingJob | None            # None when the stored job cannot be read
+    lease_until: datetime | None
+    started_at: str | None
+    refresh_id: str | None
+
+
+def running_of(entity: Any | None) -> RunningJob | None:
+    """The dataset's running job, or None (none, or unreadable)."""
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
+        return None
+    job = None
+    if isinstance(data.get("job"), dict):
+        known = {f for f in PendingJob.__dataclass_fields__}
+        try:
+            job = PendingJob.from_dict({k: v for k, v in data["job"].items() if k in known})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            job = None
+    lease_until = None
+    if isinstance(data.get("lease_until"), str):
+        try:
+            lease_until = parse_iso(data["lease_until"])
+        except ValueError:
+            lease_until = None
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return RunningJob(job_id=data["job_id"], job=job, lease_until=lease_until, started_at=text("started_at"),
+                      refresh_id=text("refresh_id"))
+
+
+def running_joins(entity: Any | None, job_id: str) -> dict[str, Any]:
+    """Who joined the running job ``job_id`` (``running_joins``: triggers, requested_by, reasons, omitted).
+
+    Kept apart from ``running`` (which the worker rewrites from its own copy) so no join is lost.
+    """
+    try:
+        data = tables.get_json(entity, "running_joins")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("job_id") != job_id:
+        return {"job_id": job_id, "triggers": [], "requested_by": [], "reasons": [], "omitted": 0}
+    return data
+
+
+def joined_running_job(entity: Any | None) -> PendingJob | None:
+    """The running job with everyone who joined it since it was claimed (for its outcome row)."""
+    running = running_of(entity)
+    if running is None or running.job is None:
+        return None
+    job = PendingJob.from_dict(running.job.to_dict())
+    joins = running_joins(entity, running.job_id)
+    for name in ("triggers", "requested_by", "reasons"):
+        _add_unique(getattr(job, name), joins.get(name) or [])
+    job.omitted += int(joins.get("omitted") or 0)
+    return PendingJob.from_dict(job.to_dict())
+
+
+class DatasetStates:
+    """Reads and updates the per-dataset state entities."""
+
+    def __init__(self, table: Any, queue: Any, clock: Clock,
+                 on_created: Callable[[str, PendingJob], None] | None = None,
+                 on_joined: Callable[[str, PendingJob], None] | None = None) -> None:
+        self.table = table
+        self.queue = queue
+        self.clock = clock
+        self.on_created = on_created  # e.g. create the job's outcome row (status Queued)
+        self.on_joined = on_joined    # an explicit (manual, scheduled) request joined a pending job
+
+    def get(self, dataset: str) -> Any | None:
+        return tables.get_entity(self.table, PK_DATASET, tables.row_key(dataset))
+
+    def pending(self, dataset: str) -> PendingJob | None:
+        return pending_of(self.get(dataset))
+
+    def record(self, dataset: str, change: Change) -> Recorded:
+        """Merge ``change`` into the dataset's pending job (creating it if none), ETag-guarded.
+
+        Idempotent for commit changes: versions already covered for that table are ignored.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            now = self.clock.now()
+            updated, result = _merge(entity, dataset, change, now)
+            if updated is None:
+                return result
+            try:
+                tables.write(self.table, updated, entity.metadata["etag"] if entity else None)
+            except tables.Conflict:
+                continue
+            if result.created:
+                if self.on_created is not None:
+                    self.on_created(dataset, pending_of(updated))
+                self._send(dataset, result.job_id, result.due_at)
+            else:
+                if result.joined == "running":
+                    log.info("dataset %s: %s request joined running job %s (nothing changed since it started)",
+                             dataset, change.trigger, result.job_id)
+                if result.earlier:
+                    # the message already queued is for the old due time; the worker drops whichever
+                    # of the two arrives after the job has started
+                    now = self.clock.now()
+                    delay = (parse_iso(result.due_at) - now).total_seconds()
+                    messages.send(self.queue, messages.JobMessage.new("job", dataset, result.job_id, now), delay)
+                if change.trigger != "commit" and self.on_joined is not None:
+                    joined = joined_running_job(updated) if result.joined == "running" else pending_of(updated)
+                    if joined is not None:
+                        self.on_joined(dataset, joined)
+            return result
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+
+    def _send(self, dataset: str, job_id: str, due_at: str) -> None:
+        now = self.clock.now()
+        delay = (parse_iso(due_at) - now).total_seconds()
+        messages.send(self.queue, messages.JobMessage.new("job", dataset, job_id, now), delay)
+        self._mark_sent(dataset, job_id)
+
+    def _mark_sent(self, dataset: str, job_id: str) -> None:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            job = pending_of(entity)
+            if job is None or job.job_id != job_id or tables.value(entity, "enqueued"):
+                return
+            entity["enqueued"] = True
+            try:
+                tables.write(self.table, dict(entity), entity.metadata["etag"])
+                return
+            except tables.Conflict:
+                continue
+
+    UNSENT_FILTER = "(PartitionKey eq 'dataset' and enqueued eq false)"
+
+    def repair_unsent(self, older_than_seconds: float = 60, candidates: Iterable[Any] | None = None) -> int:
+        """Send the message of any pending job whose sender crashed before sending it.
+
+        ``candidates``: entities already read with :data:`UNSENT_FILTER` (the sweep shares one query).
+        """
+        now = self.clock.now()
+        repaired = 0
+        if candidates is None:
+            candidates = self.table.query_entities(self.UNSENT_FILTER)
+        for entity in candidates:
+            job = pending_of(entity)
+            if job is None:
+                continue
+            if (now - parse_iso(job.created_at)).total_seconds() < older_than_seconds:
+                continue
+            dataset = tables.from_row_key(entity["RowKey"])
+            log.warning("dataset %s: job %s had no queue message; sending it now", dataset, job.job_id)
+            self._send(dataset, job.job_id, job.due_at)
+            repaired += 1
+        return repaired
+
+    def update(self, dataset: str, mutate: Callable[[dict], bool]) -> Any | None:
+        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
+
+        ``mutate`` returns False to leave the entity unchanged. Returns the entity as written (or None).
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+            if not mutate(data):
+                return entity
+            try:
+                tables.write(self.table, data, entity.metadata["etag"] if entity else None)
+                return data
+            except tables.Conflict:
+                continue
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+
+
+def pending_of(entity: Any | None) -> PendingJob | None:
+    data = tables.get_json(entity, "pending")
+    return PendingJob.from_dict(data) if data else None
+
+
+def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict | None, Recorded]:
+    covered: dict[str, int] = tables.get_json(entity, "covered", {}) or {}
+    versions: tuple[int, ...] = ()
+    if change.table is not None:
+        seen = covered.get(change.table, -1)
+        versions = tuple(sorted(v for v in change.versions if v > seen))
+        if not versions:
+            return None, Recorded(job_id=None, created=False)
+        covered[change.table] = versions[-1]
+
+    job = pending_of(entity)
+    if job is None and change.table is None:
+        running = _joinable_running(entity, change, now)
+        if running is not None:
+            return _join_running(entity, running, change)
+    created = job is None
+    old_due = None if job is None else parse_iso(job.due_at)
+    if job is None:
+        job = PendingJob(job_id=uuid.uuid4().hex, trigger=change.trigger, created_at=iso(now),
+                         last_change_at=iso(now), due_at=iso(now))
+    job.last_change_at = iso(now)
+    if change.trigger not in job.triggers:
+        job.triggers.append(change.trigger)
+    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [])
+    _add_unique(job.reasons, [change.reason] if change.reason else [])
+    if change.refresh_type:
+        job.refresh_type = change.refresh_type
+    for name in ("workspace", "dataset", "scheduled_for"):
+        if getattr(change, name):
+            setattr(job, name, getattr(change, name))
+    if change.model_tables is None:
+        job.whole_model = True
+        job.model_tables = []
+    elif not job.whole_model:
+        job.model_tables = sorted(set(job.model_tables) | set(change.model_tables))
+    if change.table is not None:
+        src = job.sources.get(change.table)
+        if src is None:
+            job.sources[change.table] = SourceChange(versions[0], versions[-1], len(versions))
+        else:
+            src.first_version = min(src.first_version, versions[0])
+            src.last_version = max(src.last_version, versions[-1])
+            src.commits += len(versions)
+    created_at = parse_iso(job.created_at)
+    due = min(now + timedelta(seconds=change.debounce_seconds),
+              created_at + timedelta(seconds=change.max_delay_seconds))
+    if not created:
+        # a later change never makes a job due earlier than an explicit request asked (manual = now)
+        due = max(due, now) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
+    new_due = max(due, created_at)
+    job.due_at = iso(new_due)
+
+    data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+    tables.put_json(data, "pending", job.to_dict())
+    tables.put_json(data, "covered", covered)
+    if created:
+        data["enqueued"] = False
+    return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
+                          earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
+
+
+def _joinable_running(entity: Any | None, change: Change, now: datetime) -> RunningJob | None:
+    """The running job an explicit (manual, scheduled) request can join instead of making a follow-up.
+
+    Only when it would refresh nothing more: no pending job (any change recorded since the running job
+    was claimed, a commit of a source table included, made one), the lease is alive, the running job
+    covers the model tables asked for, and the refresh type is the same.
+    """
+    if change.trigger == "commit":
+        return None
+    running = running_of(entity)
+    if running is None or running.job is None:
+        return None
+    if running.lease_until is not None and running.lease_until <= now:
+        return None  # an instance was lost: the worker abandons this job; a new one is needed
+    job = running.job
+    if (change.refresh_type or None) != (job.refresh_type or None):
+        return None
+    covered_tables = job.objects()
+    if covered_tables is not None:  # the running job refreshes only some model tables
+        if change.model_tables is None or not set(change.model_tables) <= set(covered_tables):
+            return None
+    return running
+
+
+def _join_running(entity: Any, running: RunningJob, change: Change) -> tuple[dict, Recorded]:
+    joins = running_joins(entity, running.job_id)
+    _add_unique(joins.setdefault("triggers", []), [change.trigger])
+    _add_unique(joins.setdefault("requested_by", []), [change.requested_by] if change.requested_by else [])
+    _add_unique(joins.setdefault("reasons", []), [change.reason] if change.reason else [])
+    capped = bound({"triggers": joins["triggers"], "requested_by": joins["requested_by"],
+                    "reasons": joins["reasons"], "omitted": joins.get("omitted", 0), "whole_model": True})
+    data = dict(entity)
+    tables.put_json(data, "running_joins", {"job_id": running.job_id, "triggers": capped["triggers"],
+                                            "requested_by": capped["requested_by"], "reasons": capped["reasons"],
+                                            "omitted": capped["omitted"]})
+    due_at = running.job.due_at if running.job is not None else None
+    return data, Recorded(job_id=running.job_id, created=False, due_at=due_at, joined="running")
+
+
+def _add_unique(target: list[str], items: Iterable[str]) -> None:
+    for item in items:
+        if item not in target:
+            target.append(item)
+
+
+def _stored_length(value: Any) -> int:
+    """Characters of ``value`` as JSON with non-ASCII escaped (what put_json and outcome rows store)."""
+    return len(json.dumps(value))
+
+
+def _keep(items: Iterable[Any], max_items: int, budget: int, max_length: int) -> tuple[list[str], int]:
+    """The first items (each cut to ``max_length``) that fit ``max_items`` and ``budget``; and how many not."""
+    kept: list[str] = []
+    used, dropped = 2, 0
+    for item in items:
+        text = str(item)[:max_length]
+        size = _stored_length(text) + 1
+        if len(kept) >= max_items or used + size > budget or text in kept:
+            dropped += text not in kept
+            continue
+        kept.append(text)
+        used += size
+    return kept, dropped
+
+
+def bound(data: dict[str, Any]) -> dict[str, Any]:
+    """Cap a job's lists in place (a stored job dict) so that storing it can never fail.
+
+    Model tables over :data:`MAX_JOB_MODEL_TABLES` or :data:`MODEL_TABLES_BUDGET` widen the job to the
+    whole model (a superset of what was asked). Requesters and reasons keep the first ones that fit;
+    how many were left out is counted in ``omitted`` and said in the last reason.
+    """
+    tables_ = data.get("model_tables") or []
+    if data.get("whole_model") or len(tables_) > MAX_JOB_MODEL_TABLES \
+            or _stored_length(tables_) > MODEL_TABLES_BUDGET:
+        data["whole_model"], data["model_tables"] = True, []
+    data["triggers"] = list(dict.fromkeys(data.get("triggers") or []))[:MAX_JOB_TRIGGERS]
+    omitted = int(data.get("omitted") or 0)
+    data["requested_by"], dropped = _keep(data.get("requested_by") or [], MAX_JOB_REQUESTERS,
+                                          REQUESTERS_BUDGET, MAX_REQUESTER_LENGTH)
+    omitted += dropped
+    note_prefix = OMITTED_NOTE.split("{n}")[0]
+    reasons = [r for r in data.get("reasons") or [] if not str(r).startswith(note_prefix)]
+    note_room = _stored_length(OMITTED_NOTE.format(n=10**9)) + 1
+    data["reasons"], dropped = _keep(reasons, MAX_JOB_REASONS, REASONS_BUDGET - note_room, MAX_REASON_LENGTH)
+    omitted += dropped
+    if omitted:
+        data["reasons"].append(OMITTED_NOTE.format(n=omitted))
+    data["omitted"] = omitted
+    return data
