@@ -836,5 +836,6 @@ def check_config_main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 1
     print(json.dumps(config.to_dict(), indent=2) if args.json else describe(config))
-    return 0
+    from refresh.core.lake_check import check_config_lake  # lake preconditions (issue 10 item 7)
+    return check_config_lake()
 

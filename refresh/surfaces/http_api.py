@@ -374,7 +374,10 @@ def daily_limit(ds: Any, running: dict | None, rows: list[dict[str, Any]]) -> tu
 
 @endpoint("GET")
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    """Config valid, storage reachable, Power BI token obtainable: 200, or 503 naming what failed."""
+    """Config valid, storage reachable, Power BI token obtainable, gold container readable (a lake without a
+    hierarchical namespace is a warning): 200, or 503 naming what failed."""
+    from refresh.core import lake_check
+
     try:
         app = get_app()
     except (SettingsError, ConfigError) as exc:
@@ -382,7 +385,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         return json_response({"status": "unhealthy", "checks": checks}, 503)
     probes: dict[str, Callable[[], dict[str, Any]]] = {
         "config": lambda: _check_config(app), "storage": lambda: _check_storage(app),
-        "powerbi": lambda: _check_token(app)}
+        "powerbi": lambda: _check_token(app), "lake": lambda: lake_check.check_lake(app.settings, app.env).to_dict()}
     pool = ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="health")
     try:
         futures = {name: pool.submit(probe) for name, probe in probes.items()}
