@@ -127,6 +127,13 @@ param zoneRedundant bool = false
 param developerPrincipalId string = ''
 
 // ---------------------------------------------------------------------------------------------
+// Parameters: alerts
+// ---------------------------------------------------------------------------------------------
+
+@description('E-mail address for the alert rules (refresh failed, freshness SLO breached) through an action group. Empty: no action group and no alert rules.')
+param alertEmail string = ''
+
+// ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------
 
@@ -239,6 +246,19 @@ module functionApp 'app/function.bicep' = {
   dependsOn: [
     rbac
   ]
+}
+
+// Alert rules on the app's telemetry, with an e-mail action group (only when alertEmail is set)
+module alerts 'app/alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    actionGroupName: '${abbrs.insightsActionGroups}${resourceToken}'
+    alertEmail: alertEmail
+    ruleNamePrefix: '${abbrs.insightsScheduledQueryRules}${resourceToken}'
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

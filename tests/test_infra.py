@@ -31,6 +31,7 @@ import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1868,3 +1869,264 @@ def test_deployed_modules_import_only_the_runtime_lock_and_each_other():
                 if dist is None or dist not in lock:
                     problems.append(f"{path} imports {name} ({dist or 'not installed'}), not in requirements.txt")
     assert not problems, "\n".join(problems)
+
+
+# ================================================================================================
+# Alert rules (issue 12 item 9): an e-mail action group and two log search alert rules on the
+# metrics the app exports, only when alertEmail is set. Their KQL is run here, by a small evaluator
+# of the KQL subset they use, on customMetrics rows made by the Azure Monitor exporter's own
+# conversion of the app's metrics.
+# ================================================================================================
+
+ALERTS_BICEP = INFRA / "app" / "alerts.bicep"
+_RULE_APIS = ("2021-08-01", "2023-03-15-preview")  # GA, and the preview with an optional identity
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside parentheses, brackets and double-quoted strings."""
+    parts, depth, quoted, buf = [], 0, False, []
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c in "([":
+            depth += 1
+        elif not quoted and c in ")]":
+            depth -= 1
+        if c == sep and depth == 0 and not quoted:
+            parts.append("".join(buf).strip())
+            buf = []
+        else:
+            buf.append(c)
+    parts.append("".join(buf).strip())
+    return parts
+
+
+class _Dims(dict):
+    def __missing__(self, key):  # a missing customDimensions key is empty in KQL
+        return ""
+
+
+_KQL_NAMES = {"tostring": lambda v: "" if v is None else str(v), "round": round}
+
+
+def _kql_value(expr: str, row: dict[str, Any]) -> Any:
+    """One KQL scalar expression of the subset (==, in (...), and, tostring, round, [..], arithmetic):
+    written the same way in Python, so it is evaluated as Python on the row's columns."""
+    assert re.fullmatch(r'[\w\s."\[\]()=,/*+\-<>!]*', expr), f"unsupported KQL expression: {expr}"
+    return eval(expr, {"__builtins__": {}}, {**_KQL_NAMES, **row})  # noqa: S307 (the template's own text)
+
+
+def run_kql(query: str, tables: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run a query of the subset the alert rules use: table | where | extend | summarize (sum(),
+    arg_max()) by | project. Anything else fails the test (extend the evaluator, or simplify the rule)."""
+    stages = [s.strip() for s in query.split("\n|")]
+    rows = [dict(r) for r in tables[stages[0]]]
+    for stage in stages[1:]:
+        verb, _, rest = stage.partition(" ")
+        if verb == "where":
+            rows = [r for r in rows if _kql_value(rest, r)]
+        elif verb in ("extend", "project"):
+            out = []
+            for r in rows:
+                new = dict(r) if verb == "extend" else {}
+                for item in _split_top(rest):
+                    name, eq, expr = item.partition("=")
+                    if eq and not expr.startswith("="):
+                        new[name.strip()] = _kql_value(expr.strip(), r)
+                    else:
+                        new[item] = r[item]
+                out.append(new)
+            rows = out
+        elif verb == "summarize":
+            aggs, _, keys = rest.partition(" by ")
+            keys_ = _split_top(keys)
+            groups: dict[tuple, list[dict[str, Any]]] = {}
+            for r in rows:
+                groups.setdefault(tuple(r[k] for k in keys_), []).append(r)
+            out = []
+            for key, members in groups.items():
+                row = dict(zip(keys_, key, strict=True))
+                for agg in _split_top(aggs):
+                    if m := re.fullmatch(r"(\w+) = sum\((\w+)\)", agg):
+                        row[m[1]] = sum(x[m[2]] for x in members)
+                    elif m := re.fullmatch(r"arg_max\(([\w, ]+)\)", agg):
+                        by, *cols = [c.strip() for c in m[1].split(",")]
+                        best = max(members, key=lambda x: x[by])
+                        row.update({c: best[c] for c in (by, *cols)})
+                    else:
+                        raise AssertionError(f"unsupported aggregation: {agg}")
+                out.append(row)
+            rows = out
+        else:
+            raise AssertionError(f"unsupported KQL operator: {verb}")
+    return rows
+
+
+def _fired(criterion: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple, float]:
+    """What a log search alert condition does with the query's rows: aggregate per dimension
+    combination (timeAggregation of metricMeasureColumn), compare with the threshold."""
+    dims = [d["name"] for d in criterion.get("dimensions", [])]
+    assert all(d["operator"] == "Include" and d["values"] == ["*"] for d in criterion.get("dimensions", []))
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[d] for d in dims), []).append(r)
+    column = criterion.get("metricMeasureColumn")
+    aggregate = {"Count": lambda g: len(g), "Total": lambda g: sum(r[column] for r in g)}[criterion["timeAggregation"]]
+    compare = {"GreaterThan": lambda a, b: a > b, "GreaterThanOrEqual": lambda a, b: a >= b}[criterion["operator"]]
+    values = {key: aggregate(g) for key, g in groups.items()}
+    return {key: v for key, v in values.items() if compare(v, criterion["threshold"])}
+
+
+def _custom_metrics(reader) -> list[dict[str, Any]]:
+    """customMetrics rows as Application Insights stores what the Azure Monitor exporter sends."""
+    from azure.monitor.opentelemetry.exporter.export.metrics._exporter import _convert_point_to_envelope
+
+    from refresh.monitoring import metrics as m
+
+    rows = []
+    for name, points in m.read_points(reader).items():
+        for _, point in points:
+            envelope = _convert_point_to_envelope(point, name)
+            data = envelope.data.base_data
+            [metric] = data.metrics
+            rows.append({"name": metric.name, "value": metric.value, "valueSum": metric.value,
+                         "valueCount": metric.count, "timestamp": envelope.time,
+                         "customDimensions": _Dims(data.properties or {})})
+    return rows
+
+
+def _rules() -> dict[str, dict[str, Any]]:
+    bf = bicep(ALERTS_BICEP)
+    rules = {}
+    for res in bf.resources().values():
+        if res.type.startswith("Microsoft.Insights/scheduledQueryRules@"):
+            body = body_object(res.value)
+            props = entry(body, "properties")
+            rules[res.name] = {"api": res.type.split("@")[1], "keys": {k for k, _ in body.a},
+                               "body": body, "criteria": evaluate(entry(props, "criteria"), {}, bf)["allOf"],
+                               **{k: literal(entry(props, k)) for k in (
+                                   "severity", "enabled", "evaluationFrequency", "windowSize", "autoMitigate")}}
+    return rules
+
+
+def test_alerts_exist_only_with_an_alert_email():
+    main = bicep(INFRA / "main.bicep")
+    assert literal(main.params()["alertEmail"].value) == ""
+    module = main.modules()["alerts"]
+    assert module.type == "app/alerts.bicep" and module.value.kind == "if"
+    condition = module.value.a
+    assert evaluate(condition, {"alertEmail": ""}, main) is False
+    assert evaluate(condition, {"alertEmail": "data-team@example.com"}, main) is True
+    params = entry(body_object(module.value), "params")
+    assert source_of(entry(params, "alertEmail")) == "alertEmail"
+    # Every resource of alerts.bicep is deployed by that module, so none exists without the e-mail.
+    deployed = {name for _, name, _ in _deployed_resources(ALERTS_BICEP)}
+    assert deployed == {"actionGroup", "refreshFailed", "freshnessBreached"}
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert parameters["alertEmail"]["value"] == "${ALERT_EMAIL=}"
+    readme = DOCS.read_text(encoding="utf-8")
+    assert "azd env set ALERT_EMAIL" in readme and "alertEmail=<address>" in readme
+
+
+def test_action_group_sends_one_email_from_the_parameter():
+    bf = bicep(ALERTS_BICEP)
+    [group] = [r for r in bf.resources().values() if r.type.startswith("Microsoft.Insights/actionGroups@")]
+    body = body_object(group.value)
+    assert literal(entry(body, "location")) == "global"
+    props = entry(body, "properties")
+    short = literal(entry(props, "groupShortName"))
+    assert 1 <= len(short) <= 12  # the service's limit
+    assert literal(entry(props, "enabled")) is True
+    [receiver] = entry(props, "emailReceivers").a
+    assert source_of(entry(receiver, "emailAddress")) == "alertEmail"
+    assert literal(entry(receiver, "useCommonAlertSchema")) is True
+    assert {k for k, _ in props.a} == {"groupShortName", "enabled", "emailReceivers"}  # nothing else notified
+
+
+def test_alert_rules_are_log_alerts_on_the_component_with_the_action_group_and_no_identity():
+    rules = _rules()
+    assert set(rules) == {"refreshFailed", "freshnessBreached"}
+    bf = bicep(ALERTS_BICEP)
+    component = bf.resources()["applicationInsights"]
+    assert component.existing and component.type.startswith("Microsoft.Insights/components@")
+    for name, rule in rules.items():
+        assert rule["api"] in _RULE_APIS, name
+        body = rule["body"]
+        assert literal(entry(body, "kind")) == "LogAlert"
+        assert "identity" not in rule["keys"], f"{name}: no identity (least privilege: nothing to grant)"
+        props = entry(body, "properties")
+        assert [source_of(s) for s in entry(props, "scopes").a] == ["applicationInsights.id"]
+        assert [source_of(a) for a in entry(props, "actions", "actionGroups").a] == ["actionGroup.id"]
+        assert rule["enabled"] is True and rule["severity"] in (0, 1, 2, 3, 4)
+        for duration in (rule["evaluationFrequency"], rule["windowSize"]):
+            assert re.fullmatch(r"PT(1|5|10|15|30|45)M|PT[1-6]H|PT12H|PT24H|P1D", duration), duration
+    # A failure is reported once: the window is the evaluation period, and the alert is an event.
+    failed = rules["refreshFailed"]
+    assert failed["windowSize"] == failed["evaluationFrequency"] and failed["autoMitigate"] is False
+    # A breach is a state: it resolves itself when the dataset is fresh again.
+    assert rules["freshnessBreached"]["autoMitigate"] is True
+    assert not [r for r in bf.resources().values() if r.type.startswith("Microsoft.Authorization/")]
+
+
+def test_alert_rule_queries_use_the_apps_metric_names_and_statuses():
+    from azure.monitor.opentelemetry.exporter._utils import _filter_custom_properties
+
+    from refresh.jobs.outcomes import Status
+    from refresh.monitoring import metrics as m
+    from refresh.monitoring.freshness import FAILURE_STATUSES
+
+    rules = _rules()
+    [failed] = rules["refreshFailed"]["criteria"]
+    [breached] = rules["freshnessBreached"]["criteria"]
+    assert f'where name == "{m.REFRESH_OUTCOMES}"' in failed["query"]
+    assert f'where name == "{m.FRESHNESS_LAG}"' in breached["query"]
+    listed = re.search(r"status in \(([^)]*)\)", failed["query"])[1]
+    assert {s.strip().strip('"') for s in listed.split(",")} == set(FAILURE_STATUSES)
+    assert FAILURE_STATUSES <= {s.value for s in Status}
+    # The exporter writes a bool attribute as str(value): the query compares with that text.
+    assert f'breached == "{_filter_custom_properties({"breached": True})["breached"]}"' in breached["query"]
+
+
+def test_alert_rules_fire_on_failures_and_breaches_from_the_apps_own_metrics():
+    from refresh.jobs.outcomes import Status
+    from refresh.monitoring import metrics as m
+    from refresh.monitoring.freshness import FAILURE_STATUSES
+
+    rules = _rules()
+    [failed] = rules["refreshFailed"]["criteria"]
+    [breached] = rules["freshnessBreached"]["criteria"]
+
+    metrics, reader = m.in_memory()
+    ended = [s.value for s in Status if s not in (Status.QUEUED, Status.WAITING, Status.RUNNING)]
+    for status in ended:
+        metrics.record_outcome("sales", status, 10.0)
+    metrics.record_outcome("hr", "Failed", 3.0)
+    metrics.record_outcome("hr", "Failed", 4.0)
+    metrics.set_lag("sales", 4000.0, breached=True)
+    metrics.set_lag("hr", 30.0, breached=False)
+    rows = _custom_metrics(reader)
+
+    fired = _fired(failed, run_kql(failed["query"], {"customMetrics": rows}))
+    expected = {("sales", s): 1 for s in ended if s in FAILURE_STATUSES} | {("hr", "Failed"): 2}
+    assert fired == expected and ("sales", "Completed") not in fired and ("sales", "Cancelled") not in fired
+    result = run_kql(breached["query"], {"customMetrics": rows})
+    assert _fired(breached, result) == {("sales",): 1}
+    assert result == [{"dataset": "sales", "lag_minutes": 66.7}]
+
+    # Ten minutes on, both datasets are fresh again: the newest value per dataset decides, so the
+    # breach alert resolves (autoMitigate) although the older breached value is still in the window.
+    metrics.set_lag("sales", 0.0, breached=False)
+    later = [dict(r, timestamp=r["timestamp"] + timedelta(minutes=10)) for r in _custom_metrics(reader)
+             if r["name"] == m.FRESHNESS_LAG]
+    assert _fired(breached, run_kql(breached["query"], {"customMetrics": rows + later})) == {}
+    # No outcomes at all: nothing fires.
+    assert _fired(failed, run_kql(failed["query"], {"customMetrics": later})) == {}
+
+
+def test_alert_parameter_and_rules_are_documented():
+    readme = DOCS.read_text(encoding="utf-8")
+    section = readme[readme.index("### Alert rules (Azure Monitor)"):]
+    section = " ".join(section[:section.index("\n### ", 5)].split())
+    for text in ("refresh.outcomes", "refresh.freshness.lag", "customMetrics", "ALERT_EMAIL", "no managed identity",
+                 "refresh-failed", "freshness-breached", "Without `alertEmail`"):
+        assert text in section, text
