@@ -45,6 +45,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "invalid_requests(n): the test sends exactly n requests that the swagger rejects"
     )
+    config.addinivalue_line(
+        "markers", "virtual_clock: the Power BI simulator's clock moves only when the test advances it"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +67,13 @@ def _loopback_without_proxy(monkeypatch):
 @pytest.fixture
 def sim(validator, request):
     """A started Power BI simulator; at teardown every request it received (and every success answer)
-    is validated against the official swagger."""
+    is validated against the official swagger. Marked ``virtual_clock``, its clock moves only by
+    ``advance`` (no real time leaks into timing measurements on a loaded machine)."""
     from refresh.dev.powerbi_sim.simulator import PowerBISimulator
     from refresh.dev.swagger import SwaggerMismatch
 
-    with PowerBISimulator() as simulator:
+    options = {"clock": lambda: 0.0} if request.node.get_closest_marker("virtual_clock") else {}
+    with PowerBISimulator(**options) as simulator:
         yield simulator
     mismatches = []
     for recorded in simulator.requests:

@@ -16,6 +16,7 @@ from refresh.jobs import timing
 from refresh.powerbi.models import RefreshState, RefreshStatus
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+pytestmark = pytest.mark.virtual_clock  # lags are measured on the app's and the simulator's virtual clocks
 
 
 def entry(rid: str, start: float, end: float | None, kind: str = "ViaApi") -> RefreshStatus:
