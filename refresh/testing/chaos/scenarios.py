@@ -1,0 +1,304 @@
+"""The chaos scenarios (dev only). Each owns its datasets and tables, so figures are per scenario.
+
+Every scenario gets a :class:`Context` and runs for about ``ctx.seconds`` of active chaos; the runner
+then lets the app settle (no more faults, no more commits) and measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .env import ChaosEnv, DatasetSpec
+from .proxy import Fault
+
+FAILED_POST_KINDS = ("500", "503", "busy", "kill", "token")
+
+
+@dataclass
+class Context:
+    env: ChaosEnv
+    rng: random.Random
+    seconds: float
+    token_outage: float = 40.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    notes: list[str] = field(default_factory=list)
+    bounce_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.env.say(f"  {text}")
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; False when stopped."""
+        return not self.stop.wait(max(0.0, seconds))
+
+    def bounce(self, name: str = "main") -> None:
+        """kill -9 the runtime ``name`` and start it again (serialised: scenarios may run together)."""
+        with self.bounce_lock:
+            runtime = self.env.runtime(name)
+            runtime.kill()
+            runtime.start()
+
+    def ds(self, key: str) -> str:
+        return self.env.dataset_ids[key]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    run: Callable[[Context], None]
+    summary: str
+
+
+# helpers -------------------------------------------------------------------------------------------
+def _writer(ctx: Context, scenario: str, tables: list[str], low: float, high: float, until: float) -> None:
+    while time.monotonic() < until and not ctx.stop.is_set():
+        try:
+            ctx.env.commit(ctx.rng.choice(tables), scenario)
+        except Exception as exc:  # storage hiccup: the commit did not happen, so it is not counted
+            ctx.note(f"{scenario}: a commit failed ({type(exc).__name__}: {exc})")
+        ctx.sleep(ctx.rng.uniform(low, high))
+
+
+def _start_writer(ctx: Context, scenario: str, tables: list[str], low: float, high: float,
+                  seconds: float) -> threading.Thread:
+    thread = threading.Thread(target=_writer, args=(ctx, scenario, tables, low, high, time.monotonic() + seconds),
+                              name=f"writer-{scenario}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _post_path(ctx: Context, key: str) -> str:
+    return f"/datasets/{ctx.ds(key)}/refreshes"
+
+
+def _wait_completed_after(ctx: Context, key: str, at: float, timeout: float) -> bool:
+    from .figures import _epoch
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        for refresh in ctx.env.sim.refreshes(ctx.ds(key)):
+            if refresh.get("status") == "Completed" and (_epoch(refresh.get("startTime")) or 0) > at:
+                return True
+        ctx.sleep(0.25)
+    return False
+
+
+def _wait_post(ctx: Context, key: str, since: float, timeout: float) -> bool:
+    assert ctx.env.proxy is not None
+    path = _post_path(ctx, key)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        if any(p.method == "POST" and path in p.path and p.at >= since for p in list(ctx.env.proxy.log)):
+            return True
+        ctx.sleep(0.1)
+    return False
+
+
+def _deliver(ctx: Context, events: list[dict], blob_trigger: bool = True, attempts: int = 20) -> None:
+    """Deliver ``events`` to the Event Grid trigger (and the blob trigger), retrying while the runtime restarts."""
+    for _ in range(attempts):
+        if ctx.env.post_events(events) in (200, 202):
+            break
+        ctx.sleep(1.0)
+    if blob_trigger:
+        for _ in range(attempts):
+            if ctx.env.post_blob_events(events) in (200, 202):
+                break
+            ctx.sleep(1.0)
+
+
+# scenarios -----------------------------------------------------------------------------------------
+def kill_loop(ctx: Context) -> None:
+    """Commits flow; the runtime is SIGKILLed and restarted at random points, some while a POST is in flight."""
+    writer = _start_writer(ctx, "kill9", ["kill/t1", "kill/t2"], 0.2, 1.0, ctx.seconds)
+    until = time.monotonic() + ctx.seconds
+    kills = 0
+    while time.monotonic() < until and ctx.sleep(ctx.rng.uniform(3.0, 9.0)):
+        if ctx.rng.random() < 0.4:  # wait for a refresh POST and kill while its answer is held
+            hit = threading.Event()
+            assert ctx.env.proxy is not None
+            fault = ctx.env.proxy.arm(Fault("hold", method="POST", seconds=3.0, on_hit=hit.set,
+                                            path_contains=_post_path(ctx, ctx.rng.choice(["kill_a", "kill_b"]))))
+            hit.wait(8.0)
+            ctx.env.proxy.disarm(fault)
+        ctx.bounce()
+        kills += 1
+    writer.join()
+    ctx.note(f"kill9: {kills} kills")
+
+
+def racing_runtimes(ctx: Context) -> None:
+    """Two runtimes on the same storage; one of them is SIGKILLed and restarted now and then."""
+    second = ctx.env.runtime("second")
+    if not second.alive:
+        second.start()
+    writer = _start_writer(ctx, "race", ["race/t1", "race/t2"], 0.2, 1.0, ctx.seconds)
+    until = time.monotonic() + ctx.seconds
+    kills = 0
+    while time.monotonic() < until and ctx.sleep(ctx.rng.uniform(5.0, 12.0)):
+        ctx.bounce(ctx.rng.choice(["main", "second"]))
+        kills += 1
+    writer.join()
+    second.stop()
+    ctx.note(f"race: two runtimes, {kills} kills")
+
+
+def duplicate_messages(ctx: Context) -> None:
+    """Copies of job messages (for running and pending jobs) and of every message seen on the queue."""
+    keys = ["dup_a", "dup_b"]
+    writer = _start_writer(ctx, "dupes", ["dup/t1", "dup/t2"], 0.5, 2.0, ctx.seconds)
+    queue = ctx.env.queue()
+    seen: set[str] = set()
+    copies = 0
+    until = time.monotonic() + ctx.seconds
+    while time.monotonic() < until and ctx.sleep(ctx.rng.uniform(0.2, 1.0)):
+        with contextlib.suppress(Exception):
+            for key, job_id in ctx.env.running_jobs(keys).items():
+                for _ in range(ctx.rng.randint(1, 3)):
+                    queue.send_message(ctx.env.job_message("job", key, job_id),
+                                       visibility_timeout=ctx.rng.choice([0, 0, 1, 3]))
+                    copies += 1
+            for message in queue.peek_messages(max_messages=32):
+                if message.id in seen or not any(f'"{k}"' in message.content for k in keys):
+                    continue
+                seen.add(message.id)
+                queue.send_message(message.content, visibility_timeout=ctx.rng.choice([0, 1, 5]))
+                copies += 1
+    writer.join()
+    ctx.note(f"dupes: {copies} duplicate messages sent")
+
+
+def failed_post(ctx: Context) -> None:
+    """For each fault kind: a completed refresh, then one commit whose first POST fails, then silence."""
+    assert ctx.env.proxy is not None
+    proxy = ctx.env.proxy
+    slot = max(8.0, ctx.seconds / len(FAILED_POST_KINDS))
+    for kind in FAILED_POST_KINDS:
+        if ctx.stop.is_set():
+            break
+        key, table = f"fp_{kind}", f"fp/{kind}"
+        baseline = ctx.env.commit(table, "failed_post")
+        if not _wait_completed_after(ctx, key, baseline.at, 30.0):
+            ctx.note(f"failed_post {kind}: the baseline refresh did not complete within 30 s")
+        started = time.monotonic()
+        path = _post_path(ctx, key)
+        fault: Fault | None = None
+        if kind in ("500", "503"):
+            fault = proxy.arm(Fault("status", method="POST", path_contains=path, status=int(kind)))
+        elif kind == "busy":
+            fault = proxy.arm(Fault("busy", method="POST", path_contains=path))
+        elif kind == "kill":
+            def kill_now() -> None:
+                ctx.env.runtime("main").kill()
+
+            fault = proxy.arm(Fault("hold", method="POST", path_contains=path, seconds=3.0, on_hit=kill_now))
+        else:  # token: every issued token expires and the identity endpoint is down
+            outage = min(ctx.token_outage, max(10.0, slot))
+            ctx.env.sim.expire_tokens()
+            proxy.token_outage(outage)
+        ctx.env.commit(table, "failed_post")
+        if kind == "kill":
+            hit = _wait_post(ctx, key, time.time() - 1, 15.0)
+            with ctx.bounce_lock:
+                runtime = ctx.env.runtime("main")
+                if not runtime.alive:
+                    runtime.start()
+            ctx.note(f"failed_post kill: POST {'held and runtime killed' if hit else 'never came'}")
+        ctx.sleep(slot - (time.monotonic() - started))
+        if fault is not None:
+            proxy.disarm(fault)
+
+
+def token_outage(ctx: Context) -> None:
+    """A refresh is running when every token expires and the identity endpoint goes down for the outage."""
+    assert ctx.env.proxy is not None
+    first = ctx.env.commit("tok/t1", "token")
+    _wait_post(ctx, "tok_a", first.at - 1, 20.0)
+    ctx.env.sim.expire_tokens()
+    ctx.env.proxy.token_outage(ctx.token_outage)
+    ctx.note(f"token: identity endpoint down for {ctx.token_outage:.0f} s")
+    writer = _start_writer(ctx, "token", ["tok/t1", "tok/t2"], 1.0, 4.0, ctx.token_outage)
+    writer.join()
+    ctx.sleep(2.0)
+    ctx.env.commit("tok/t2", "token")  # one more after the outage
+
+
+def powerbi_faults(ctx: Context) -> None:
+    """429 with Retry-After, 5xx bursts, answers dropped after Power BI acted, slow answers."""
+    assert ctx.env.proxy is not None
+    proxy = ctx.env.proxy
+    writer = _start_writer(ctx, "pbi", ["pf/t1", "pf/t2"], 0.5, 2.0, ctx.seconds)
+    armed: list[Fault] = []
+    until = time.monotonic() + ctx.seconds
+    while time.monotonic() < until and ctx.sleep(ctx.rng.uniform(1.0, 4.0)):
+        path = f"/datasets/{ctx.ds(ctx.rng.choice(['pf_a', 'pf_b']))}"
+        pick = ctx.rng.random()
+        if pick < 0.35:
+            fault = Fault("status", path_contains=path, status=429, retry_after=ctx.rng.choice([1, 2, 5]),
+                          times=ctx.rng.randint(1, 3))
+        elif pick < 0.7:
+            fault = Fault("status", path_contains=path, status=ctx.rng.choice([500, 502, 503]),
+                          times=ctx.rng.randint(2, 6))
+        elif pick < 0.85:
+            fault = Fault("forward_then_drop", method="POST", path_contains=path + "/refreshes")
+        else:
+            fault = Fault("delay", path_contains=path, seconds=ctx.rng.uniform(1.0, 4.0), times=2)
+        armed.append(proxy.arm(fault))
+    writer.join()
+    for fault in armed:
+        proxy.disarm(fault)
+
+
+def events(ctx: Context) -> None:
+    """Duplicate and reversed BlobCreated events; first sight of a new table out of order or ahead of its log."""
+    env = ctx.env
+    until = time.monotonic() + ctx.seconds
+    round_ = 0
+    while time.monotonic() < until and not ctx.stop.is_set():
+        round_ += 1
+        # a known table: three commits, their events twice and in reverse order
+        done = [env.commit("ev/t1", "events") for _ in range(3)]
+        batch = [env.blob_created_event(c.table, c.version) for c in reversed(done)]
+        _deliver(ctx, batch + batch[::2])
+        # a table seen for the first time: its newest commit's event first, then the older ones
+        table = f"evnew/t{round_}"
+        fresh = [env.commit(table, "events") for _ in range(3)]
+        _deliver(ctx, [env.blob_created_event(c.table, c.version) for c in reversed(fresh)])
+        # a table seen for the first time through an event naming a version that does not exist yet
+        table = f"evfut/t{round_}"
+        env.commit(table, "events")
+        _deliver(ctx, [env.blob_created_event(table, 2)], blob_trigger=False)
+        for _ in range(3):
+            ctx.sleep(0.3)
+            env.commit(table, "events")
+        ctx.sleep(ctx.rng.uniform(1.0, 3.0))
+    ctx.note(f"events: {round_} rounds")
+
+
+def _specs(*items: tuple[str, tuple[str, ...]]) -> tuple[DatasetSpec, ...]:
+    return tuple(DatasetSpec(key, tables) for key, tables in items)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("events", _specs(("ev_dup", ("ev/t1",)), ("ev_new", ("evnew/**",)), ("ev_future", ("evfut/**",))),
+             events, "duplicate and out-of-order events, first sight of a table"),
+    Scenario("dupes", _specs(("dup_a", ("dup/t1",)), ("dup_b", ("dup/t2", "dup/t1"))),
+             duplicate_messages, "duplicate job messages"),
+    Scenario("failed_post", _specs(*((f"fp_{k}", (f"fp/{k}",)) for k in FAILED_POST_KINDS)),
+             failed_post, "one failed POST (500, 503, busy, kill in flight, token down), then silence"),
+    Scenario("pbi", _specs(("pf_a", ("pf/t1",)), ("pf_b", ("pf/t2",))),
+             powerbi_faults, "Power BI faults: 429 + Retry-After, 5xx bursts, dropped answers, delays"),
+    Scenario("token", _specs(("tok_a", ("tok/t1",)), ("tok_b", ("tok/t2",))),
+             token_outage, "token outage (every token expired, identity endpoint down)"),
+    Scenario("race", _specs(("race_a", ("race/t1",)), ("race_b", ("race/t2", "race/t1"))),
+             racing_runtimes, "two racing runtimes on the same storage, with kills"),
+    Scenario("kill9", _specs(("kill_a", ("kill/t1",)), ("kill_b", ("kill/t2", "kill/t1"))),
+             kill_loop, "kill -9 loop while commits flow"),
+)}
