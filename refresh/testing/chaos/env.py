@@ -36,6 +36,7 @@ STATE_TABLE = "ChaosState"
 OUTCOMES_TABLE = "ChaosOutcomes"
 END_STATES = frozenset({"Completed", "Failed", "Cancelled", "TimedOut", "Disabled", "NotRefreshable", "Skipped",
                         "Rejected"})
+AZURITE_URL = "AZURITE_BLOB_STORAGE_URL"
 _SCRUB_PREFIXES = ("AzureWebJobsStorage", "LAKE_STORAGE", "POWERBI_", "AZURE_", "IDENTITY_", "MSI_")
 
 
@@ -145,6 +146,7 @@ class ChaosEnv:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _versions: dict[str, int] = field(default_factory=dict)
     _table_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _saved_url: str | None = None
 
     # setup -------------------------------------------------------------------------------------
     def start(self) -> ChaosEnv:
@@ -153,6 +155,7 @@ class ChaosEnv:
         from ...powerbi.simulator import PowerBISimulator
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._saved_url = os.environ.get(AZURITE_URL)  # Azurite.start() points deltalake at itself
         self.azurite = Azurite().start()
         BlobServiceClient.from_connection_string(self.azurite.connection_string).create_container(CONTAINER)
         self.sim = PowerBISimulator(refresh_duration=self.options.refresh_seconds,
@@ -203,6 +206,10 @@ class ChaosEnv:
             self.sim.stop()
         if self.azurite is not None:
             self.azurite.stop()
+            if self._saved_url is None:
+                os.environ.pop(AZURITE_URL, None)
+            else:
+                os.environ[AZURITE_URL] = self._saved_url
 
     # the lake ----------------------------------------------------------------------------------
     def commit(self, table: str, scenario: str) -> Commit:

@@ -79,8 +79,13 @@ class Report:
                 "per_scenario": {k: v.as_dict() for k, v in self.per_scenario.items()}}
 
 
-def run_chaos(options: RunOptions, say: Callable[[str], None] = print) -> Report:
-    """Start everything, run the scenarios, let the app settle, measure, stop everything."""
+def run_chaos(options: RunOptions, say: Callable[[str], None] = print,
+              check_requests: Callable[[list[Any]], list[str]] | None = None) -> Report:
+    """Start everything, run the scenarios, let the app settle, measure, stop everything.
+
+    ``check_requests`` gets the simulator's recorded requests at the end (e.g. a swagger check); what it
+    returns is reported as errors.
+    """
     chosen = [SCENARIOS[name] for name in options.scenarios]
     datasets = [spec for scenario in chosen for spec in scenario.datasets]
     temporary = options.workdir is None
@@ -95,7 +100,8 @@ def run_chaos(options: RunOptions, say: Callable[[str], None] = print) -> Report
         env.start()
         env.runtime("main").start()
         say(f"chaos: storage, simulator, proxy and runtime ready (logs in {workdir})")
-        ctx = Context(env, random.Random(options.seed), options.seconds, token_outage=options.token_outage)
+        ctx = Context(env, random.Random(options.seed), options.seconds, token_outage=options.token_outage,
+                      parallel=options.parallel)
         started = time.monotonic()
         if options.parallel:
             threads = [threading.Thread(target=_guarded, args=(s, ctx, errors, say), name=f"scenario-{s.name}")
@@ -125,6 +131,8 @@ def run_chaos(options: RunOptions, say: Callable[[str], None] = print) -> Report
         per = {s.name: _measure(env, list(s.datasets)) for s in chosen}
         total = _measure(env, datasets)
         kills = sum(r.kills for r in env.runtimes.values())
+        if check_requests is not None:
+            errors.extend(check_requests(list(env.sim.requests)))
         return Report(options, total, per, env.proxy.counts(), kills, ctx.notes, chaos_seconds, settle_seconds,
                       errors)
     finally:

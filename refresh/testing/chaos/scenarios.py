@@ -25,6 +25,7 @@ class Context:
     rng: random.Random
     seconds: float
     token_outage: float = 40.0
+    parallel: bool = False  # scenarios run side by side (and the failed-POST kinds too)
     stop: threading.Event = field(default_factory=threading.Event)
     notes: list[str] = field(default_factory=list)
     bounce_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -175,45 +176,71 @@ def duplicate_messages(ctx: Context) -> None:
     ctx.note(f"dupes: {copies} duplicate messages sent")
 
 
-def failed_post(ctx: Context) -> None:
-    """For each fault kind: a completed refresh, then one commit whose first POST fails, then silence."""
+def _wait_idle(ctx: Context, key: str, after: float, timeout: float) -> bool:
+    """Until Power BI completed a refresh started after ``after`` and the app holds no job of ``key``."""
+    deadline = time.monotonic() + timeout
+    if not _wait_completed_after(ctx, key, after, timeout):
+        return False
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        state = ctx.env.dataset_states().get(key) or {}
+        if not state.get("pending") and not state.get("running"):
+            return True
+        ctx.sleep(0.25)
+    return False
+
+
+def _one_failed_post(ctx: Context, kind: str) -> None:
+    """A completed refresh; then one commit whose first POST fails with ``kind``; then silence."""
     assert ctx.env.proxy is not None
     proxy = ctx.env.proxy
-    slot = max(8.0, ctx.seconds / len(FAILED_POST_KINDS))
-    for kind in FAILED_POST_KINDS:
-        if ctx.stop.is_set():
-            break
-        key, table = f"fp_{kind}", f"fp/{kind}"
-        baseline = ctx.env.commit(table, "failed_post")
-        if not _wait_completed_after(ctx, key, baseline.at, 30.0):
-            ctx.note(f"failed_post {kind}: the baseline refresh did not complete within 30 s")
-        started = time.monotonic()
-        path = _post_path(ctx, key)
-        fault: Fault | None = None
-        if kind in ("500", "503"):
-            fault = proxy.arm(Fault("status", method="POST", path_contains=path, status=int(kind)))
-        elif kind == "busy":
-            fault = proxy.arm(Fault("busy", method="POST", path_contains=path))
-        elif kind == "kill":
-            def kill_now() -> None:
-                ctx.env.runtime("main").kill()
+    key, table = f"fp_{kind}", f"fp/{kind}"
+    baseline = ctx.env.commit(table, "failed_post")
+    if not _wait_idle(ctx, key, baseline.at, 60.0):
+        ctx.note(f"failed_post {kind}: the baseline job did not end within 60 s")
+    path = _post_path(ctx, key)
+    fault: Fault | None = None
+    if kind in ("500", "503"):
+        fault = proxy.arm(Fault("status", method="POST", path_contains=path, status=int(kind)))
+    elif kind == "busy":
+        fault = proxy.arm(Fault("busy", method="POST", path_contains=path))
+    elif kind == "kill":
+        def kill_now() -> None:
+            ctx.env.runtime("main").kill()
 
-            fault = proxy.arm(Fault("hold", method="POST", path_contains=path, seconds=3.0, on_hit=kill_now))
-        else:  # token: every issued token expires and the identity endpoint is down
-            outage = min(ctx.token_outage, max(10.0, slot))
-            ctx.env.sim.expire_tokens()
-            proxy.token_outage(outage)
-        ctx.env.commit(table, "failed_post")
-        if kind == "kill":
-            hit = _wait_post(ctx, key, time.time() - 1, 15.0)
-            with ctx.bounce_lock:
-                runtime = ctx.env.runtime("main")
-                if not runtime.alive:
-                    runtime.start()
-            ctx.note(f"failed_post kill: POST {'held and runtime killed' if hit else 'never came'}")
-        ctx.sleep(slot - (time.monotonic() - started))
-        if fault is not None:
-            proxy.disarm(fault)
+        fault = proxy.arm(Fault("hold", method="POST", path_contains=path, seconds=3.0, on_hit=kill_now))
+    else:  # token: every token issued so far expires and the identity endpoint goes down
+        ctx.env.sim.expire_tokens()
+        fault = proxy.token_outage(ctx.token_outage)
+    ctx.env.commit(table, "failed_post")
+    deadline = time.monotonic() + (ctx.token_outage if kind == "token" else 60.0)
+    while time.monotonic() < deadline and not ctx.stop.is_set() and (kind == "token" or fault.hits == 0):
+        ctx.sleep(0.1)
+    if kind == "kill":
+        with ctx.bounce_lock:
+            runtime = ctx.env.runtime("main")
+            if not runtime.alive:
+                runtime.start()
+    ctx.note(f"failed_post {kind}: " + (f"fault applied to {fault.hits} request(s)" if fault.hits else
+                                         "the POST never came (fault not applied)"))
+    proxy.disarm(fault)
+
+
+def failed_post(ctx: Context) -> None:
+    """For each fault kind: a completed refresh, then one commit whose first POST fails, then silence.
+
+    500, 503 and busy run side by side (their own datasets); the kill and the token outage, which hit
+    the whole runtime, run after them, one at a time (with ``ctx.parallel``: all five at once).
+    """
+    together = FAILED_POST_KINDS if ctx.parallel else ("500", "503", "busy")
+    threads = [threading.Thread(target=_one_failed_post, args=(ctx, kind), name=f"failed-post-{kind}")
+               for kind in together]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for kind in FAILED_POST_KINDS:
+        if kind not in together and not ctx.stop.is_set():
+            _one_failed_post(ctx, kind)
 
 
 def token_outage(ctx: Context) -> None:
