@@ -30,6 +30,11 @@ class Context:
     notes: list[str] = field(default_factory=list)
     bounce_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def wait_limit(self) -> float:
+        """How long a scenario waits for the app to do one step (a refresh, a POST) before moving on."""
+        return max(20.0, min(60.0, 2 * self.seconds))
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         self.env.say(f"  {text}")
@@ -195,8 +200,8 @@ def _one_failed_post(ctx: Context, kind: str) -> None:
     proxy = ctx.env.proxy
     key, table = f"fp_{kind}", f"fp/{kind}"
     baseline = ctx.env.commit(table, "failed_post")
-    if not _wait_idle(ctx, key, baseline.at, 60.0):
-        ctx.note(f"failed_post {kind}: the baseline job did not end within 60 s")
+    if not _wait_idle(ctx, key, baseline.at, ctx.wait_limit):
+        ctx.note(f"failed_post {kind}: the baseline job did not end within {ctx.wait_limit:.0f} s")
     path = _post_path(ctx, key)
     fault: Fault | None = None
     if kind in ("500", "503"):
@@ -212,7 +217,7 @@ def _one_failed_post(ctx: Context, kind: str) -> None:
         ctx.env.sim.expire_tokens()
         fault = proxy.token_outage(ctx.token_outage)
     ctx.env.commit(table, "failed_post")
-    deadline = time.monotonic() + (ctx.token_outage if kind == "token" else 60.0)
+    deadline = time.monotonic() + (ctx.token_outage if kind == "token" else ctx.wait_limit)
     while time.monotonic() < deadline and not ctx.stop.is_set() and (kind == "token" or fault.hits == 0):
         ctx.sleep(0.1)
     if kind == "kill":
@@ -247,7 +252,7 @@ def token_outage(ctx: Context) -> None:
     """A refresh is running when every token expires and the identity endpoint goes down for the outage."""
     assert ctx.env.proxy is not None
     first = ctx.env.commit("tok/t1", "token")
-    _wait_post(ctx, "tok_a", first.at - 1, 20.0)
+    _wait_post(ctx, "tok_a", first.at - 1, ctx.wait_limit)
     ctx.env.sim.expire_tokens()
     ctx.env.proxy.token_outage(ctx.token_outage)
     ctx.note(f"token: identity endpoint down for {ctx.token_outage:.0f} s")
