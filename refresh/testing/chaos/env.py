@@ -231,6 +231,19 @@ class ChaosEnv:
             self.commits.append(done)
         return done
 
+    def optimize(self, table: str) -> int:
+        """OPTIMIZE (compact) ``table``: a commit that changes no data, so it needs no refresh; its version."""
+        from deltalake import DeltaTable
+
+        assert self.azurite is not None
+        with self._lock:
+            lock = self._table_locks.setdefault(table, threading.Lock())
+        with lock:
+            delta = DeltaTable(f"az://{CONTAINER}/{table}", storage_options=self.azurite.deltalake_options())
+            delta.optimize.compact()
+            self._versions[table] = delta.version()
+            return self._versions[table]
+
     def commit_blob(self, table: str, version: int) -> str:
         return f"{table}/_delta_log/{version:020d}.json"
 

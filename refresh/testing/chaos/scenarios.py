@@ -299,17 +299,16 @@ def events(ctx: Context) -> None:
         done = [env.commit("ev/t1", "events") for _ in range(3)]
         batch = [env.blob_created_event(c.table, c.version) for c in reversed(done)]
         _deliver(ctx, batch + batch[::2])
-        # a table seen for the first time: its newest commit's event first, then the older ones
+        # a table seen for the first time, its events newest first: two appends, then an OPTIMIZE (no data)
         table = f"evnew/t{round_}"
-        fresh = [env.commit(table, "events") for _ in range(3)]
-        _deliver(ctx, [env.blob_created_event(c.table, c.version) for c in reversed(fresh)])
-        # a table seen for the first time through an event naming a version that does not exist yet
+        appends = [env.commit(table, "events") for _ in range(2)]
+        optimized = env.optimize(table)
+        _deliver(ctx, [env.blob_created_event(table, optimized)]
+                 + [env.blob_created_event(c.table, c.version) for c in reversed(appends)])
+        # a table seen for the first time through an event naming a version that does not exist (yet)
         table = f"evfut/t{round_}"
-        env.commit(table, "events")
-        _deliver(ctx, [env.blob_created_event(table, 2)], blob_trigger=False)
-        for _ in range(3):
-            ctx.sleep(0.3)
-            env.commit(table, "events")
+        written = [env.commit(table, "events") for _ in range(2)]
+        _deliver(ctx, [env.blob_created_event(table, written[-1].version + 2)], blob_trigger=False)
         ctx.sleep(ctx.rng.uniform(1.0, 3.0))
     ctx.note(f"events: {round_} rounds")
 
