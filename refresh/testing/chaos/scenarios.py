@@ -136,6 +136,12 @@ def kill_loop(ctx: Context) -> None:
             ctx.env.proxy.disarm(fault)
         ctx.bounce()
         kills += 1
+        if ctx.rng.random() < 0.25:  # a burst: several kills in a row, each soon after the restart
+            for _ in range(ctx.rng.randint(3, 6)):
+                if not ctx.sleep(ctx.rng.uniform(0.5, 2.0)):
+                    break
+                ctx.bounce()
+                kills += 1
     writer.join()
     ctx.note(f"kill9: {kills} kills")
 
