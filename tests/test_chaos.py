@@ -95,6 +95,7 @@ def test_figures_count_lost_unneeded_stuck_unfinished_and_unrecorded():
         "b": [entry("b1", 400)],
     }
     rows = [{"PartitionKey": "a", "job_id": "j1", "status": "Completed", "request_id": "a1"},
+            {"PartitionKey": "a", "job_id": "j0", "status": "Completed", "request_id": "a1"},  # a1 again
             {"PartitionKey": "a", "job_id": "j2", "status": "Running", "request_id": "a3"},
             {"PartitionKey": "b", "job_id": "j3", "status": "Completed", "request_id": "b1"}]
     states = {"a": {"pending": None, "running": {"job_id": "j2"}}, "b": {"pending": None, "running": None}}
@@ -107,6 +108,7 @@ def test_figures_count_lost_unneeded_stuck_unfinished_and_unrecorded():
     assert figures.stuck == ["a (running j2)"]
     assert figures.non_terminal == ["a job j2: Running"]
     assert figures.without_row == ["a a2 (Completed)"]
+    assert figures.credited_twice == ["a1 claimed by a job j1, a job j0"]
     assert not figures.goal_met
 
     only_b = measure([specs[1]], commits, refreshes, rows, states)

@@ -10,6 +10,8 @@ The truth about Power BI is the simulator's own record of refreshes, never the a
   after the quiet period.
 * **non_terminal**: outcome rows not in an end state after the quiet period.
 * **without_row**: refreshes the simulator accepted whose request id is in no outcome row.
+* **credited_twice** (reported, not part of the goal): request ids that more than one outcome row
+  claims (a job credited with a refresh another job started, issue 9 items 1 and 6).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Figures:
     stuck: list[str] = field(default_factory=list)
     non_terminal: list[str] = field(default_factory=list)
     without_row: list[str] = field(default_factory=list)
+    credited_twice: list[str] = field(default_factory=list)
     lost_detail: list[str] = field(default_factory=list)
 
     @property
@@ -45,13 +48,14 @@ class Figures:
     def line(self) -> str:
         return (f"commits {self.commits:4d}  lost {self.lost_commits:3d} ({self.lost_pairs} dataset pairs)  "
                 f"refreshes {self.refreshes:3d}  unneeded {self.unneeded:3d}  stuck {len(self.stuck):2d}  "
-                f"non-terminal {len(self.non_terminal):2d}  without row {len(self.without_row):2d}")
+                f"non-terminal {len(self.non_terminal):2d}  without row {len(self.without_row):2d}  "
+                f"credited twice {len(self.credited_twice):2d}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"commits": self.commits, "pairs": self.pairs, "lost_commits": self.lost_commits,
                 "lost_pairs": self.lost_pairs, "refreshes": self.refreshes, "unneeded": self.unneeded,
                 "stuck": self.stuck, "non_terminal": self.non_terminal, "without_row": self.without_row,
-                "lost_detail": self.lost_detail[:50], "goal_met": self.goal_met}
+                "credited_twice": self.credited_twice, "lost_detail": self.lost_detail[:50], "goal_met": self.goal_met}
 
 
 def _epoch(text: str | None) -> float | None:
@@ -108,4 +112,9 @@ def measure(datasets: list[DatasetSpec], commits: list[Commit], refreshes: dict[
         for refresh in refreshes.get(key, []):
             if refresh.get("requestId") not in recorded:
                 figures.without_row.append(f"{key} {refresh.get('requestId')} ({refresh.get('status')})")
+    claims: dict[str, list[str]] = {}
+    for row in ours:
+        if row.get("request_id"):
+            claims.setdefault(row["request_id"], []).append(f"{row.get('PartitionKey')} job {row.get('job_id')}")
+    figures.credited_twice = [f"{rid} claimed by {', '.join(jobs)}" for rid, jobs in claims.items() if len(jobs) > 1]
     return figures
