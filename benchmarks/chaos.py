@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                              workdir=args.workdir, verbose=args.verbose)
     except ValueError as exc:
         parser.error(str(exc))
+    def stop(signum: int, frame: object) -> None:  # stop everything started (Azurite, runtimes) on the way out
+        raise SystemExit(f"chaos: stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     report = run_chaos(options, say=lambda text: print(text, flush=True))
     print(report.text())
     if args.json:
