@@ -97,7 +97,8 @@ def test_figures_count_lost_unneeded_stuck_unfinished_and_unrecorded():
     rows = [{"PartitionKey": "a", "job_id": "j1", "status": "Completed", "request_id": "a1"},
             {"PartitionKey": "a", "job_id": "j0", "status": "Completed", "request_id": "a1"},  # a1 again
             {"PartitionKey": "a", "job_id": "j2", "status": "Running", "request_id": "a3"},
-            {"PartitionKey": "b", "job_id": "j3", "status": "Completed", "request_id": "b1"}]
+            {"PartitionKey": "b", "job_id": "j3", "status": "Completed", "request_id": "b1"},
+            {"PartitionKey": "b", "job_id": "j4", "status": "Failed", "request_id": "b1"}]  # b1 Completed
     states = {"a": {"pending": None, "running": {"job_id": "j2"}}, "b": {"pending": None, "running": None}}
 
     figures = measure(specs, commits, refreshes, rows, states)
@@ -108,11 +109,14 @@ def test_figures_count_lost_unneeded_stuck_unfinished_and_unrecorded():
     assert figures.stuck == ["a (running j2)"]
     assert figures.non_terminal == ["a job j2: Running"]
     assert figures.without_row == ["a a2 (Completed)"]
-    assert figures.credited_twice == ["a1 claimed by a job j1, a job j0"]
+    assert figures.credited_twice == ["a1 claimed by a job j1, a job j0", "b1 claimed by b job j3, b job j4"]
+    assert figures.misreported == ["b job j4: row Failed, Power BI Completed"]
     assert not figures.goal_met
 
     only_b = measure([specs[1]], commits, refreshes, rows, states)
     assert only_b.goal_met and only_b.lost_pairs == 0 and only_b.unneeded == 0
+    assert only_b.credited_twice == ["b1 claimed by b job j3, b job j4"]
+    assert len(only_b.misreported) == 1
 
 
 # ------------------------------------------------------------------------------------ the short run

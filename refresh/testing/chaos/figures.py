@@ -12,6 +12,8 @@ The truth about Power BI is the simulator's own record of refreshes, never the a
 * **without_row**: refreshes the simulator accepted whose request id is in no outcome row.
 * **credited_twice** (reported, not part of the goal): request ids that more than one outcome row
   claims (a job credited with a refresh another job started, issue 9 items 1 and 6).
+* **misreported** (reported, not part of the goal): rows in an end state whose refresh ended
+  differently in Power BI (e.g. Completed in Power BI, Failed in the row; issue 9 item 7).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 
 from ...config import compile_glob
 from .env import END_STATES, Commit, DatasetSpec
+
+POWERBI_END = frozenset({"Completed", "Failed", "Cancelled", "Disabled"})
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Figures:
     non_terminal: list[str] = field(default_factory=list)
     without_row: list[str] = field(default_factory=list)
     credited_twice: list[str] = field(default_factory=list)
+    misreported: list[str] = field(default_factory=list)
     lost_detail: list[str] = field(default_factory=list)
 
     @property
@@ -49,13 +54,14 @@ class Figures:
         return (f"commits {self.commits:4d}  lost {self.lost_commits:3d} ({self.lost_pairs} dataset pairs)  "
                 f"refreshes {self.refreshes:3d}  unneeded {self.unneeded:3d}  stuck {len(self.stuck):2d}  "
                 f"non-terminal {len(self.non_terminal):2d}  without row {len(self.without_row):2d}  "
-                f"credited twice {len(self.credited_twice):2d}")
+                f"credited twice {len(self.credited_twice):2d}  misreported {len(self.misreported):2d}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"commits": self.commits, "pairs": self.pairs, "lost_commits": self.lost_commits,
                 "lost_pairs": self.lost_pairs, "refreshes": self.refreshes, "unneeded": self.unneeded,
                 "stuck": self.stuck, "non_terminal": self.non_terminal, "without_row": self.without_row,
-                "credited_twice": self.credited_twice, "lost_detail": self.lost_detail[:50], "goal_met": self.goal_met}
+                "credited_twice": self.credited_twice,
+                "misreported": self.misreported, "lost_detail": self.lost_detail[:50], "goal_met": self.goal_met}
 
 
 def _epoch(text: str | None) -> float | None:
@@ -117,4 +123,10 @@ def measure(datasets: list[DatasetSpec], commits: list[Commit], refreshes: dict[
         if row.get("request_id"):
             claims.setdefault(row["request_id"], []).append(f"{row.get('PartitionKey')} job {row.get('job_id')}")
     figures.credited_twice = [f"{rid} claimed by {', '.join(jobs)}" for rid, jobs in claims.items() if len(jobs) > 1]
+    truth = {r.get("requestId"): r.get("status") for key in keys for r in refreshes.get(key, [])}
+    for row in ours:
+        ended = truth.get(row.get("request_id"))
+        if row.get("status") in END_STATES and ended in POWERBI_END and ended != row.get("status"):
+            figures.misreported.append(f"{row.get('PartitionKey')} job {row.get('job_id')}: row {row.get('status')}, "
+                                       f"Power BI {ended}")
     return figures

@@ -63,7 +63,8 @@ class Report:
         lines.append(f"  {'TOTAL':<{width}}  {self.total.line()}")
         for label, items in (("lost", self.total.lost_detail), ("stuck", self.total.stuck),
                              ("non-terminal", self.total.non_terminal), ("without row", self.total.without_row),
-                             ("credited twice", self.total.credited_twice)):
+                             ("credited twice", self.total.credited_twice),
+                             ("misreported", self.total.misreported)):
             if items:
                 shown = "; ".join(items[:12]) + (f"; ... {len(items) - 12} more" if len(items) > 12 else "")
                 lines.append(f"  {label}: {shown}")
