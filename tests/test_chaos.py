@@ -141,7 +141,7 @@ def test_short_chaos_run_meets_the_goal(validator):
     # the instrument did its job: commits flowed in every scenario, runtimes were killed, faults were injected
     assert set(report.per_scenario) == set(SCENARIOS)
     assert all(f.commits > 0 for f in report.per_scenario.values()), report.text()
-    assert report.kills >= 3 and report.faults, report.text()
+    assert report.kills >= 2 and report.faults, report.text()
     assert report.errors == [], report.text()
 
     # the goal (issue 9): nothing lost, nothing stuck, nothing unfinished, nothing accepted without a row

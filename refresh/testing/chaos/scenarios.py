@@ -215,8 +215,9 @@ def _one_failed_post(ctx: Context, kind: str) -> None:
     elif kind == "busy":
         fault = proxy.arm(Fault("busy", method="POST", path_contains=path))
     elif kind == "kill":
-        def kill_now() -> None:
-            ctx.env.runtime("main").kill()
+        def kill_now() -> None:  # after any restart in progress (kill9 and race bounce the same runtime)
+            with ctx.bounce_lock:
+                ctx.env.runtime("main").kill()
 
         fault = proxy.arm(Fault("hold", method="POST", path_contains=path, seconds=3.0, on_hit=kill_now))
     else:  # token: every token issued so far expires and the identity endpoint goes down
