@@ -141,7 +141,7 @@ def _table_service_class() -> Any:
         def _configure_policies(self, **kwargs: Any) -> list[Any]:
             policies = super()._configure_policies(**kwargs)
             if not any(type(p) is TablesRetryPolicy for p in policies):
-                raise RuntimeError("azure-data-tables no longer builds a TablesRetryPolicy (refresh/core/connections.py)")
+                raise RuntimeError("azure-data-tables no longer builds a TablesRetryPolicy (refresh.core.connections)")
             return [BudgetTablesRetry(**kwargs) if type(p) is TablesRetryPolicy else p for p in policies]
 
     return BudgetTableServiceClient
