@@ -30,6 +30,8 @@ class Endings:
     outcomes: Outcomes
     queue: Any
     clock: Clock
+    freshness: Any = None   # refresh.monitoring.freshness_tracker.FreshnessTracker (wired by refresh/core/context.py)
+    metrics: Any = None     # refresh.monitoring.metrics.Metrics
 
     def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
                 status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
@@ -87,6 +89,23 @@ class Endings:
         row = self.outcomes.update(dataset_key, job_id, change)
         if row is not None and changed and changed[0]:
             _log_outcome(to_public(row))
+            if self.metrics is not None:
+                self.metrics.record_outcome(dataset_key, str(status_word), to_public(row).get("duration_seconds"))
+        if row is not None and row.get("status") in END_STATES:
+            # also on a second pass: a crash between the row and this write is repaired by the redelivery
+            self._note_freshness(dataset_key, row)
+
+    def _note_freshness(self, dataset_key: str, row: dict) -> None:
+        """The job's end in the dataset's freshness record and alert state (never fails the job)."""
+        if self.freshness is None:
+            return
+        from refresh.monitoring.freshness_tracker import result_from_row
+
+        try:
+            self.freshness.record_outcome(dataset_key, result_from_row(to_public(row)))
+        except Exception as exc:
+            log.error("dataset %s: job %s's end not recorded for freshness (%s: %s)", dataset_key,
+                      row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
 
     def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
                       exc: pbi_errors.PowerBIError) -> str:
