@@ -176,3 +176,26 @@ def test_a_redelivered_job_end_alerts_once(rig):
     rig.minute_timer()
     rig.pump.run()
     assert [e["event"] for e in rig.events()] == ["refresh_failed"]
+
+
+def test_explain_dataset_answers_why_it_is_stale_as_a_chain(rig):
+    from refresh.surfaces.explain_dataset import dataset_lines, explain_dataset
+
+    rig.sim.fail_refresh(rig.dataset_id, {"errorCode": "ModelRefreshFailed", "errorDescription": PBI_ERROR})
+    rig.commit()
+    rig.pump.run()
+    rig.commit()  # detected, its job not run yet
+    chain = explain_dataset(rig.app, "sales")
+    [table] = chain["commits"]
+    assert table["table"] == TABLE and table["included_version"] is None
+    assert [s["versions"] for s in table["not_included"]] == [[0, 0], [1, 1]]
+    assert table["detected_up_to"] == 1
+    [job] = chain["jobs"]
+    assert job["state"] == "pending" and job["sources"] == {TABLE: [1, 1]} and job["status"] == "Queued"
+    assert chain["last_end"]["status"] == "Failed" and PBI_ERROR in chain["last_end"]["error_message"]
+    assert chain["freshness"]["state"] == "catching_up" and chain["freshness"]["slo_seconds"] == SLO_MINUTES * 60
+    text = "\n".join(dataset_lines(chain))
+    assert "not in the model: v0, oldest" in text and "not in the model: v1, oldest" in text and f"pending job {job['job_id']}" in text
+    assert PBI_ERROR in text and "catching up" in text
+    with pytest.raises(KeyError, match="no dataset 'nope'"):
+        explain_dataset(rig.app, "nope")
