@@ -200,3 +200,76 @@ def test_explain_dataset_answers_why_it_is_stale_as_a_chain(rig):
     assert PBI_ERROR in text and "catching up" in text
     with pytest.raises(KeyError, match="no dataset 'nope'"):
         explain_dataset(rig.app, "nope")
+
+
+# -- the wiring's edges ------------------------------------------------------------------------------------
+
+
+def test_power_bi_pushback_is_counted_as_throttling(rig):
+    rig.sim.busy_next()
+    rig.sim.fail_next(429, retry_after=5, method="POST", path_contains="/refreshes")
+    rig.commit()
+    rig.pump.run()
+    points = app_metrics.read_points(rig.reader)
+    kinds = Counter({a["kind"]: p.value for a, p in points[app_metrics.POWERBI_THROTTLED]})
+    assert kinds == {"busy": 1, "429": 1}
+    [(attrs, outcome)] = points[app_metrics.REFRESH_OUTCOMES]
+    assert attrs["status"] == "Completed" and outcome.value == 1
+
+
+def test_a_commit_without_its_own_timestamp_gets_the_blob_last_modified_time(rig):
+    rig.version += 1
+    name = f"{TABLE}/_delta_log/{commit_file_name(rig.version)}"
+    line = {"add": {"path": "p.parquet", "partitionValues": {}, "size": 1, "modificationTime": 1, "dataChange": True}}
+    rig.app.lake.upload_blob(name, json.dumps(line).encode(), overwrite=True)
+    modified = rig.app.lake.get_blob_client(name).get_blob_properties().last_modified
+    rig.fn["on_delta_commit"](fb.InputStream(data=b"{}", name=f"{rig.app.settings.gold_container}/{name}", length=2))
+    record = FreshnessRecord.from_entity(rig.app.states.get("sales"))
+    [span] = record.tables[TABLE].unincluded
+    assert parse_iso(span.oldest) == modified and not record.tables[TABLE].approximate
+
+
+def test_an_alert_message_in_the_poison_queue_is_recorded_as_failed(rig):
+    import azure.functions.queue as fq
+
+    from refresh.monitoring.alerts import AlertMessage
+    from refresh.monitoring.freshness import AlertEvent
+
+    event = AlertEvent(id="a" * 32, event="refresh_failed", dataset="sales", workspace=None, dataset_name=None,
+                       status="Failed", error_code=None, error_message=None, job_id=None, lag_seconds=0,
+                       slo_seconds=None, occurred_at="2026-01-01T00:00:00Z")
+    rig.app.alerter.store.create(event, "retrying", rig.clock.now())
+    body = AlertMessage(event.id, "sales", 3).encode()
+    import base64
+
+    rig.fn["on_refresh_poison"](fq.QueueMessage(id="m1", body=base64.b64encode(body.encode()), dequeue_count=5))
+    row = rig.app.alerter.store.get(event.id)
+    assert row["status"] == "failed" and "poison queue after 5 deliveries" in row["last_error"]
+    assert rig.app.outcomes.history("_rejected") == []  # not mistaken for a bad job message
+
+
+def test_the_minute_timer_runs_the_schedules_even_when_the_freshness_check_fails(rig, monkeypatch, caplog):
+    ran = []
+    monkeypatch.setattr("refresh.jobs.schedules.run_schedules", lambda app: ran.append(app))
+
+    def broken():
+        raise ConnectionError("table service unreachable")
+
+    monkeypatch.setattr(rig.app.freshness, "tick", broken)
+    rig.minute_timer()  # does not raise
+    assert ran == [rig.app]
+    assert "freshness check failed (ConnectionError: table service unreachable)" in caplog.text
+
+
+def test_the_sweep_prunes_old_finished_alert_rows(rig):
+    from refresh.monitoring.freshness import AlertEvent
+
+    def event(i: str) -> AlertEvent:
+        return AlertEvent(id=i * 32, event="refresh_failed", dataset="sales", workspace=None, dataset_name=None,
+                          status="Failed", error_code=None, error_message=None, job_id=None, lag_seconds=0,
+                          slo_seconds=None, occurred_at="2026-01-01T00:00:00Z")
+
+    rig.app.alerter.store.create(event("b"), "delivered", rig.clock.now() - timedelta(days=31))
+    rig.app.alerter.store.create(event("c"), "delivered", rig.clock.now() - timedelta(days=2))
+    rig.fn["sweep_delta_logs"](ft.TimerRequest(past_due=False))
+    assert rig.app.alerter.store.get("b" * 32) is None and rig.app.alerter.store.get("c" * 32) is not None
