@@ -103,6 +103,9 @@ param powerBiTenantId string = ''
 @description('Expiry of that client secret in Entra ID, as an ISO 8601 UTC date-time (e.g. 2026-12-31T00:00:00Z). Required when powerBiClientSecret is set; recorded on the Key Vault secret.')
 param powerBiClientSecretExpiresOn string = ''
 
+@description('Key Vault secret URI (https://<vault>.vault.azure.net/secrets/<name>, no version) whose value is the alert webhook URL (ALERT_WEBHOOK_URL, a Key Vault reference). Empty (default): alerts are recorded, not sent. The app identity needs Key Vault Secrets User on that secret.')
+param alertWebhookSecretUri string = ''
+
 // ---------------------------------------------------------------------------------------------
 // Parameters: sizing and optional developer access
 // ---------------------------------------------------------------------------------------------
@@ -238,6 +241,7 @@ module functionApp 'app/function.bicep' = {
     powerBiClientId: powerBiClientId
     powerBiTenantId: empty(powerBiTenantId) ? tenant().tenantId : powerBiTenantId
     powerBiClientSecretUri: useServicePrincipal ? keyVault.outputs.secretUri : ''
+    alertWebhookSecretUri: alertWebhookSecretUri
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     zoneRedundant: zoneRedundant

@@ -10,6 +10,8 @@ commands:
   check-config [PATH] [--json]     validate the routing config and print what each dataset listens to
   explain TABLE [--from-version N] [--json]
                                    show each commit of a table and what it would refresh
+  explain --dataset KEY [--json]   why is a dataset stale: its newest commits, their job, how the last
+                                   job ended, its freshness
   local [--demo] [--run-timers-now]
                                    run the function app on this machine (Azurite + Power BI simulator)
 """

@@ -283,6 +283,9 @@ def test_demo_with_embedded_azurite_and_simulator_then_ctrl_c(tmp_path):
         output = runtime.output()
         assert output.count("refreshes go to the local Power BI SIMULATOR") == 1
         assert "operation=OPTIMIZE data_change=False" in output and "job coalesced for dataset sales" in output
+        # issue 12: where alerts would go, and each dataset's freshness after its refresh
+        assert "demo: alerts go nowhere: ALERT_WEBHOOK_URL is empty" in output
+        assert "demo: sales freshness: up to date" in output and "demo: regional freshness: up to date" in output
 
         _, requests = http("GET", f"{state['simulator']['admin_url']}/requests")
         refresh_posts = [r for r in requests["value"] if r["method"] == "POST" and r["path"].endswith("/refreshes")]

@@ -25,6 +25,8 @@ param powerBiClientId string
 param powerBiTenantId string
 @description('Key Vault secret URI of the Power BI service principal secret. Empty: the managed identity calls Power BI.')
 param powerBiClientSecretUri string
+@description('Key Vault secret URI (without version) holding the alert webhook URL; empty: alerts are recorded, not sent.')
+param alertWebhookSecretUri string = ''
 param maximumInstanceCount int
 param instanceMemoryMB int
 param extraAppSettings object
@@ -219,6 +221,11 @@ var codeAppSettings = [
   {
     name: 'POWERBI_SCOPE'
     value: powerBiScope
+  }
+  {
+    // a secret (a Teams Workflows URL carries its signature): only ever a Key Vault reference
+    name: 'ALERT_WEBHOOK_URL'
+    value: empty(alertWebhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${alertWebhookSecretUri})'
   }
 ]
 

@@ -128,8 +128,41 @@ class App:
     def worker(self) -> Any:
         from refresh.jobs.worker import Worker
 
-        return Worker(config=self.config, states=self.states, outcomes=self.outcomes, queue=self.queue,
-                      powerbi=self.powerbi, clock=self.clock, max_retry_after=self.settings.max_retry_after)
+        worker = Worker(config=self.config, states=self.states, outcomes=self.outcomes, queue=self.queue,
+                        powerbi=self.powerbi, clock=self.clock, max_retry_after=self.settings.max_retry_after)
+        worker.freshness = self.freshness
+        worker.metrics = self.metrics
+        return worker
+
+    # monitoring --------------------------------------------------------------------------------
+    @cached_property
+    def metrics(self) -> Any:
+        """OpenTelemetry instruments (refresh/monitoring/metrics.py; the Azure Monitor distro when configured)."""
+        from refresh.monitoring.metrics import get_metrics
+
+        return get_metrics()
+
+    @cached_property
+    def alert_settings(self) -> Any:
+        import os
+
+        from refresh.monitoring.alerts import AlertSettings
+
+        return AlertSettings.load(os.environ if self.env is None else self.env)
+
+    @cached_property
+    def alerter(self) -> Any:
+        """Queues alert events and delivers them to ALERT_WEBHOOK_URL (refresh/monitoring/alerts.py)."""
+        from refresh.monitoring.alerts import Alerter, AlertStore
+
+        return Alerter(AlertStore(self.state_table), self.queue, self.alert_settings, self.clock)
+
+    @cached_property
+    def freshness(self) -> Any:
+        """Freshness records, breach transitions and their alerts (refresh/monitoring/freshness_tracker.py)."""
+        from refresh.monitoring.freshness_tracker import FreshnessTracker
+
+        return FreshnessTracker(self.states, self.config, self.clock, alerter=self.alerter, metrics=self.metrics)
 
     @cached_property
     def detector(self) -> Any:

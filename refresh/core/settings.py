@@ -77,6 +77,21 @@ SETTINGS: tuple[Setting, ...] = (
             "may still allow some)."),
 )
 
+
+# Alert delivery (read by refresh/monitoring/alerts.py: AlertSettings.load, which never fails the app)
+ALERT_SETTINGS: tuple[Setting, ...] = (
+    Setting("ALERT_WEBHOOK_URL", "",
+            "Webhook that receives alert events (POST, JSON). Empty: alerts are recorded but not sent. "
+            "A secret: use a Key Vault reference in Azure. https only (plain http on loopback)."),
+    Setting("ALERT_WEBHOOK_FORMAT", "json",
+            "Body of each alert: json (the event's facts) or teams (an Adaptive Card message for a "
+            "Microsoft Teams Workflows webhook)."),
+    Setting("ALERT_WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of each webhook POST (connect and read)."),
+    Setting("ALERT_STATUS_BASE_URL", "",
+            "Base URL for the status links in alerts. Empty: https://<WEBSITE_HOSTNAME> (set by Azure)."),
+)
+SETTINGS = SETTINGS + ALERT_SETTINGS
+
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 _QUEUE_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")

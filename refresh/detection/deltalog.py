@@ -510,6 +510,7 @@ class BlobLogReader(_ReaderBase):
         if not self.table:
             raise ValueError("table path must not be empty")
         self._prefix = f"{self.table}/{LOG_DIR}/"
+        self.modified: dict[int, Any] = {}  # version -> the commit blob's last-modified time (from the download)
 
     def open_commit(self, version: int) -> Iterator[bytes] | None:
         """Stream the commit's lines; one request (and None) when it does not exist."""
@@ -521,6 +522,7 @@ class BlobLogReader(_ReaderBase):
         except ResourceNotFoundError:
             logger.debug("commit %s not found", name)
             return None
+        self.modified[version] = getattr(downloader.properties, "last_modified", None)
         return iter_lines(downloader.chunks())
 
     def commit_versions(self, after: int | None = None) -> list[int]:

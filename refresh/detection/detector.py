@@ -31,6 +31,7 @@ from refresh.core.routing import RoutingConfig
 from refresh.detection.deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit, valid_text
 from refresh.detection.watermarks import Watermark, Watermarks
 from refresh.jobs.pending import Change, DatasetStates
+from refresh.monitoring.freshness_tracker import commit_times
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Detector:
                 batch.append(info)
                 next_version = info.version + 1
             if batch:
-                self._route(table, batch, routes, result)
+                self._route(table, batch, routes, result, reader)
                 mark.version = batch[-1].version
                 result.commits.extend(batch)
             changed = bool(batch)
@@ -199,8 +200,11 @@ class Detector:
         mark.column_mapping = dict(info.column_mapping)
         return info
 
-    def _route(self, table: str, batch: list[CommitInfo], routes: list, result: TableResult) -> None:
+    def _route(self, table: str, batch: list[CommitInfo], routes: list, result: TableResult,
+               reader: LogReader | None = None) -> None:
         changed = [c.version for c in batch if c.data_change]
+        modified = getattr(reader, "modified", None)
+        times = tuple(commit_times(batch, self.clock.now(), modified.get if isinstance(modified, dict) else None))
         for info in batch:
             log.info(
                 "commit detected: table=%s version=%s operation=%s data_change=%s partitions=%s datasets=%s",
@@ -213,7 +217,7 @@ class Detector:
             ds = self.config.datasets[key]
             recorded = self.states.record(key, Change(
                 trigger="commit", table=table, versions=tuple(changed), model_tables=model_tables,
-                debounce_seconds=ds.debounce_seconds, max_delay_seconds=ds.max_delay_seconds,
+                debounce_seconds=ds.debounce_seconds, max_delay_seconds=ds.max_delay_seconds, commit_times=times,
             ))
             if recorded.job_id is not None:
                 result.jobs[key] = recorded.job_id

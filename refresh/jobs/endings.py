@@ -30,6 +30,8 @@ class Endings:
     outcomes: Outcomes
     queue: Any
     clock: Clock
+    freshness: Any = None   # refresh.monitoring.freshness_tracker.FreshnessTracker (wired by refresh/core/context.py)
+    metrics: Any = None     # refresh.monitoring.metrics.Metrics
 
     def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
                 status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
@@ -45,16 +47,19 @@ class Endings:
             if status.end_time and status.start_time and status_word == Status.COMPLETED:
                 pbi_duration = round((status.end_time - status.start_time).total_seconds(), 3)
                 fields["powerbi_duration_seconds"] = pbi_duration
-        self._finish_row(dataset_key, running.job_id, status_word, now, error_code=error_code,
-                         error_message=error_message, started_at=running.started_at, request_id=running.refresh_id,
-                         adopted=running.adopted, adopted_reason=running.adopted_reason, **row_fields(running),
-                         **fields)
+        row = self._finish_row(dataset_key, running.job_id, status_word, now, error_code=error_code,
+                               error_message=error_message, started_at=running.started_at,
+                               request_id=running.refresh_id, adopted=running.adopted,
+                               adopted_reason=running.adopted_reason, freshness_later=True, **row_fields(running),
+                               **fields)
+        noted: list[Any] = []  # the freshness events of this end, decided in the release write (no extra request)
 
         def release(data: dict) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id:
                 return False
             tables.put_json(data, "running", None)
+            noted[:] = [self._note_in(data, dataset_key, row)]
             if status_word == Status.COMPLETED:
                 # what the model now contains: per source table, the newest version refreshed
                 refreshed = tables.get_json(data, "refreshed", {}) or {}
@@ -65,13 +70,20 @@ class Endings:
             return True
 
         entity = self.states.update(dataset_key, release)
+        if noted and noted[0] is not None:
+            self._noted(dataset_key, entity, noted[0])
+        elif row is not None and row.get("status") in END_STATES:
+            self._note_freshness(dataset_key, row)  # the lease was not ours any more: a write of its own
         follow_up = pending_of(entity) if entity else None
         if follow_up is not None:
             self._requeue("job", dataset_key, follow_up.job_id,
                           max(0.0, (parse_iso(follow_up.due_at) - now).total_seconds()))
         return status_word.lower()
 
-    def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, **fields: Any) -> None:
+    def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, *,
+                    freshness_later: bool = False, **fields: Any) -> dict | None:
+        """Write the outcome row's end (once) and note the end for freshness, unless ``freshness_later``
+        (the caller folds it into its own write of the dataset's state). Returns the row as stored."""
         changed: list[bool] = []
 
         def change(row: dict) -> dict | None:
@@ -87,6 +99,53 @@ class Endings:
         row = self.outcomes.update(dataset_key, job_id, change)
         if row is not None and changed and changed[0]:
             _log_outcome(to_public(row))
+            if self.metrics is not None:
+                self.metrics.record_outcome(dataset_key, str(status_word), to_public(row).get("duration_seconds"))
+        if row is not None and row.get("status") in END_STATES and not freshness_later:
+            # also on a second pass: a crash between the row and this write is repaired by the redelivery
+            self._note_freshness(dataset_key, row)
+        return row
+
+    def _note_in(self, data: dict, dataset_key: str, row: dict | None) -> Any:
+        """Apply the job's end (its outcome ``row``) to the freshness record on ``data``, a state entity about to
+        be written; returns the events (None: nothing noted, e.g. no tracker or the row is not ended)."""
+        if self.freshness is None or row is None or row.get("status") not in END_STATES:
+            return None
+        from refresh.monitoring.freshness import FreshnessRecord
+        from refresh.monitoring.freshness_tracker import result_from_row
+
+        try:
+            result = result_from_row(to_public(row))
+            if result.job_id in FreshnessRecord.from_entity(data).state.handled_jobs:
+                return []
+            return self.freshness.note_outcome(data, dataset_key, result)
+        except Exception as exc:  # never fail the job's end; the state is written without it
+            log.error("dataset %s: job %s's end not recorded for freshness (%s: %s)", dataset_key,
+                      row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
+            return None
+
+    def _noted(self, dataset_key: str, entity: Any, events: list) -> None:
+        """After the write that noted a job's end: the lag gauge, and the events handed to the alerter."""
+        try:
+            if self.freshness.metrics is not None and entity is not None:
+                view = self.freshness.view(dataset_key, entity)
+                self.freshness.metrics.set_lag(dataset_key, view.lag_seconds, view.breached)
+            if events:
+                self.freshness.flush(dataset_key, entity)
+        except Exception as exc:  # the timer flushes the outbox again
+            log.error("dataset %s: freshness events not handed over yet (%s)", dataset_key, type(exc).__name__)
+
+    def _note_freshness(self, dataset_key: str, row: dict) -> None:
+        """The job's end in the dataset's freshness record and alert state (never fails the job)."""
+        if self.freshness is None:
+            return
+        from refresh.monitoring.freshness_tracker import result_from_row
+
+        try:
+            self.freshness.record_outcome(dataset_key, result_from_row(to_public(row)))
+        except Exception as exc:
+            log.error("dataset %s: job %s's end not recorded for freshness (%s: %s)", dataset_key,
+                      row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
 
     def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
                       exc: pbi_errors.PowerBIError) -> str:

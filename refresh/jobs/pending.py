@@ -40,6 +40,7 @@ from typing import Any
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.jobs import messages
+from refresh.monitoring.freshness import CommitTime, FreshnessRecord, record_commits
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Change:
     workspace: str | None = None
     dataset: str | None = None
     scheduled_for: str | None = None
+    commit_times: tuple[CommitTime, ...] = ()   # commit changes: when each version was committed (freshness)
 
 
 @dataclass(frozen=True)
@@ -379,10 +381,19 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
     tables.put_json(data, "pending", job.to_dict())
     tables.put_json(data, "covered", covered)
+    if change.table is not None and change.commit_times:
+        _note_commit_times(data, change.table, [c for c in change.commit_times if c.version in set(versions)])
     if created:
         data["enqueued"] = False
     return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
                           earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
+
+
+def _note_commit_times(data: dict, table: str, commits: list[CommitTime]) -> None:
+    """The commits' times in the dataset's freshness record, in the same write as the job (no extra request)."""
+    record = FreshnessRecord.from_entity(data)
+    if commits and record_commits(record, table, commits):
+        record.to_entity(data)
 
 
 def _joinable_running(entity: Any | None, change: Change, now: datetime) -> RunningJob | None:

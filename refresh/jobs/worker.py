@@ -268,6 +268,9 @@ class Worker(Checks):
         sent_at, running.post_at = running.post_at, None
         if isinstance(exc, pbi_errors.TransportError) and not exc.before_request and sent_at:
             running.unsure(sent_at, f"the POST sent at {sent_at} got no answer ({_describe(exc)})")
+        if isinstance(exc, (pbi_errors.RefreshBusyError, pbi_errors.ThrottledError)) and self.metrics is not None:
+            kind = "busy" if isinstance(exc, pbi_errors.RefreshBusyError) else "429"
+            self.metrics.record_throttled(dataset_key, kind)
         if isinstance(exc, pbi_errors.RefreshBusyError):
             if running.unsure_since:  # busy: perhaps with the refresh our unanswered POST started
                 found = self._find_own(dataset_key, running)
@@ -318,10 +321,13 @@ class Worker(Checks):
         running.check_seq += 1
         running.next_check_at = iso(now + timedelta(seconds=delay))
 
+        lag: list[float | None] = [None]
+
         def save(data: dict) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id or current.refresh_id is not None:
                 raise _Lost()  # another copy of the message recorded the refresh (and sent its check) first
+            lag[0] = _commit_to_start(data, running, now) if adopted_reason is None else None
             tables.put_json(data, "running", running.to_dict())
             tables.put_json(data, "starts", [*_recent(tables.get_json(data, "starts", []) or [], now), iso(now)])
             tables.put_json(data, "ours", remember(tables.get_json(data, "ours", []) or [], refresh_id,
@@ -329,6 +335,8 @@ class Worker(Checks):
             return True
 
         self.states.update(dataset_key, save)  # saved before its check message is sent
+        if lag[0] is not None and self.metrics is not None:
+            self.metrics.record_commit_to_start(dataset_key, lag[0])
         self._send_check_message(dataset_key, running, delay)
         self._set_row(dataset_key, running.job_id, status=Status.RUNNING, started_at=running.started_at,
                       request_id=refresh_id, attempts=running.attempts + 1, adopted=running.adopted,
@@ -411,6 +419,18 @@ class Worker(Checks):
             "error_message": reason, "message_id": message_id or "", "message_body": text[:2000],
         })
         log.error("rejected queue message %s: %s", message_id, reason)
+
+
+def _commit_to_start(entity: dict, running: RunningJob, now: datetime) -> float | None:
+    """Oldest commit of the job to this start, from the freshness record on the entity (no extra read)."""
+    from refresh.monitoring.freshness_tracker import commit_to_start_seconds
+
+    sources = {t: {"first_version": s.first_version, "last_version": s.last_version}
+               for t, s in running.job.sources.items()}
+    try:
+        return commit_to_start_seconds(entity, sources, now) if sources else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _may_retry(exc: pbi_errors.PowerBIError, attempt: int) -> bool:

@@ -39,7 +39,8 @@ from urllib.parse import urlsplit
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
-from refresh.core.settings import Setting, SettingsError
+from refresh.core.settings import ALERT_SETTINGS as ALERT_SETTINGS  # re-exported
+from refresh.core.settings import SettingsError
 from refresh.jobs import messages
 from refresh.monitoring.alert_formats import FORMATS, render
 from refresh.monitoring.freshness import AlertEvent
@@ -59,17 +60,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 STATUSES = ("queued", "sending", "retrying", "delivered", "failed", "off")
 DONE = frozenset({"delivered", "failed", "off"})
 
-ALERT_SETTINGS: tuple[Setting, ...] = (
-    Setting("ALERT_WEBHOOK_URL", "",
-            "Webhook that receives alert events (POST, JSON). Empty: alerts are recorded but not sent. "
-            "A secret: use a Key Vault reference in Azure. https only (plain http on loopback)."),
-    Setting("ALERT_WEBHOOK_FORMAT", "json",
-            "Body of each alert: json (the event's facts) or teams (an Adaptive Card message for a "
-            "Microsoft Teams Workflows webhook)."),
-    Setting("ALERT_WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of each webhook POST (connect and read)."),
-    Setting("ALERT_STATUS_BASE_URL", "",
-            "Base URL for the status links in alerts. Empty: https://<WEBSITE_HOSTNAME> (set by Azure)."),
-)
+# declared with every other setting in refresh/core/settings.py (SETTINGS), re-exported here
 
 
 # -- settings ------------------------------------------------------------------------------------------

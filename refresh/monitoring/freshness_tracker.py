@@ -1,5 +1,6 @@
-"""Freshness tracking on storage: the glue between freshness.py (pure) and the dataset state entities
-(refresh/jobs/pending.py), alert delivery (alerts.py) and metrics (metrics.py).
+"""Freshness tracking on storage: the glue between refresh/monitoring/freshness.py (pure) and the dataset
+state entities (refresh/jobs/pending.py), alert delivery (refresh/monitoring/alerts.py) and metrics
+(refresh/monitoring/metrics.py).
 
 Every change is an ETag-guarded read-modify-write of the dataset's state entity, so transitions
 survive restarts and are decided once even with several instances; the alert events a transition

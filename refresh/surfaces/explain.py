@@ -1,4 +1,5 @@
 """``python -m refresh explain TABLE``: why did (or didn't) a commit refresh a report?
+``python -m refresh explain --dataset KEY``: why is dataset KEY stale? (refresh/surfaces/explain_dataset.py)
 
 TABLE is a local folder (a table root) or a table path inside the gold container, read through the
 ``LAKE_STORAGE`` connection. Prints one line per commit: version, operation, whether it changed
@@ -80,13 +81,19 @@ def _reader_for(table: str, table_path: str | None, settings: Settings) -> tuple
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refresh explain", description=__doc__.splitlines()[0])
-    parser.add_argument("table", help="a local table folder, or a table path inside the gold container")
+    parser.add_argument("table", nargs="?", help="a local table folder, or a table path inside the gold container")
+    parser.add_argument("--dataset", default=None,
+                        help="a dataset key: why is it stale? (its newest commits, their job, freshness)")
     parser.add_argument("--from-version", type=int, default=None, help="first version to show")
     parser.add_argument("--json", action="store_true", help="print a JSON array")
     parser.add_argument("--table-path", default=None,
                         help="path of the table inside the gold container, for routing a local folder")
     parser.add_argument("--config", default=None, help="routing config file (default: REFRESH_CONFIG)")
     args = parser.parse_args(argv)
+    if args.dataset is not None:
+        return _explain_dataset(args.dataset, args.config, args.json)
+    if args.table is None:
+        parser.error("give a TABLE or --dataset KEY")
     try:
         settings = Settings.from_env()
         config = load_config(args.config or settings.refresh_config)
@@ -102,4 +109,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{table_path}: no commits found")
         for row in rows:
             print(_text(row))
+    return 0
+
+
+def _explain_dataset(key: str, config_path: str | None, as_json: bool) -> int:
+    from refresh.core.context import App
+    from refresh.surfaces.explain_dataset import dataset_lines, explain_dataset
+
+    try:
+        settings = Settings.from_env()
+        config = load_config(config_path or settings.refresh_config)
+        chain = explain_dataset(App(settings, config=config), key)
+    except (ConfigError, SettingsError, KeyError) as exc:
+        print(f"explain: {str(exc).strip(chr(39))}", file=sys.stderr)
+        return 1
+    print(json.dumps(chain, indent=2) if as_json else "\n".join(dataset_lines(chain)))
     return 0

@@ -89,6 +89,24 @@ def sweep_delta_logs(timer: Any) -> None:
             raise RuntimeError(f"the gold container {app.settings.gold_container!r} does not exist in the "
                                "LAKE_STORAGE account (check GOLD_CONTAINER and LAKE_STORAGE)") from None
         raise
+    finally:
+        prune_alerts(app)
+
+
+ALERT_RETENTION_DAYS = 30
+
+
+def prune_alerts(app: Any) -> None:
+    """Delete alert rows that are done and older than ALERT_RETENTION_DAYS (never raises)."""
+    from datetime import timedelta
+
+    try:
+        removed = app.alerter.store.prune(app.clock.now() - timedelta(days=ALERT_RETENTION_DAYS))
+    except Exception as exc:
+        log.warning("alert rows not pruned (%s); the next sweep tries again", type(exc).__name__)
+        return
+    if removed:
+        log.info("pruned %s alert row(s) older than %s days", removed, ALERT_RETENTION_DAYS)
 
 
 @lru_cache(maxsize=1)
@@ -116,10 +134,16 @@ def _unwrapped(worker: Any, msg: Any) -> bytes | None:
 
 
 def run_refresh_job(msg: Any) -> None:
-    """Queue trigger: one step of a refresh job (start it, or check on it)."""
-    worker = get_app().worker
+    """Queue trigger: one step of a refresh job (start it, or check on it), or one alert delivery."""
+    from refresh.monitoring.alerts import is_alert_message
+
+    app = get_app()
+    worker = app.worker
     body = _unwrapped(worker, msg)
     if body is None:
+        return
+    if is_alert_message(body):
+        app.alerter.handle(body)
         return
     worker.handle(body, dequeue_count=msg.dequeue_count or 1, max_dequeue_count=_max_dequeue_count(),
                   message_id=msg.id)
@@ -128,10 +152,15 @@ def run_refresh_job(msg: Any) -> None:
 def on_refresh_poison(msg: Any) -> None:
     """Queue trigger on the poison queue: record whatever still lands there."""
     from refresh.jobs import messages
+    from refresh.monitoring.alerts import is_alert_message
 
-    worker = get_app().worker
+    app = get_app()
+    worker = app.worker
     body = _unwrapped(worker, msg)
     if body is None:
+        return
+    if is_alert_message(body):
+        app.alerter.give_up(body, f"message moved to the poison queue after {msg.dequeue_count or '?'} deliveries")
         return
     try:
         job = messages.decode(body)
@@ -148,7 +177,25 @@ def run_schedules(timer: Any) -> None:
 
     if getattr(timer, "past_due", False):
         log.info("schedule timer is running late (past due)")
-    run(get_app())
+    app = get_app()
+    try:
+        run(app)
+    finally:
+        freshness_tick(app)
+
+
+def freshness_tick(app: Any) -> None:
+    """Breaches found although nothing happens (issue 12): every dataset's freshness, once a minute.
+    Never raises: a storage hiccup here must not fail the schedules that share the timer."""
+    try:
+        report = app.freshness.tick()
+    except Exception as exc:
+        log.error("freshness check failed (%s: %s); the next minute tries again", type(exc).__name__,
+                  str(exc).split("\n")[0][:300])
+        return
+    if report.events or report.flushed:
+        log.info("freshness check: %s dataset(s), %s event(s), %s alert(s) queued", report.datasets,
+                 len(report.events), report.flushed)
 
 
 def request_refresh(req: Any) -> Any:

@@ -320,6 +320,9 @@ class LocalRuntime:
         except Exception as exc:
             raise StartupError(f"--demo could not create its gold layer: {type(exc).__name__}: {exc}") from None
         log.info("demo: routing config %s (REFRESH_CONFIG)", path)
+        from refresh.dev.local.demo import alert_destination
+
+        log.info("demo: alerts go %s", alert_destination(settings.values))
 
     @staticmethod
     def _apply(settings: AppSettings) -> None:

@@ -17,7 +17,9 @@ The Power BI simulator is seeded with those workspaces and datasets. Once the la
 baseline, the demo writes three commits, a couple of seconds apart: an append to the fact table
 (both datasets get a job), an OPTIMIZE of the fact table (no data change: nothing is refreshed),
 and a merge into the dimension (coalesced into the pending ``sales`` job). Then it waits for the
-outcomes and prints the status page URL. Everything fits in about half a minute.
+outcomes and prints them, each dataset's freshness (objectives 15 and 60 minutes) and the status page
+URL; at start it says where alerts would go (ALERT_WEBHOOK_URL set or not, and the format). Everything
+fits in about half a minute.
 
 Tables that already exist (a lake that persists between runs) are reused: the commits are added.
 """
@@ -45,11 +47,13 @@ CONFIG: dict[str, Any] = {
             "workspace": SALES_WORKSPACE, "dataset": "Sales Model",
             "sources": [{"table": FACT, "model_tables": ["Sales"]}, {"table": DIM, "model_tables": ["Customer"]}],
             "debounce_seconds": 8, "max_delay_seconds": 60, "timeout_minutes": 30,
+            "freshness_slo_minutes": 15,
         },
         "regional": {
             "workspace": OPS_WORKSPACE, "dataset": "Regional Ops",
             "sources": [{"table": FACT}],
             "debounce_seconds": 0, "max_delay_seconds": 0, "timeout_minutes": 30,
+            "freshness_slo_minutes": 60,
         },
     }
 }
@@ -214,10 +218,41 @@ class Demo:
                     log.info("demo: %s -> %s (%s refresh of %s, versions %s)", key, row.get("status"),
                              row.get("refresh_type"), ",".join(row.get("model_tables") or []) or "the whole model",
                              _versions(row.get("sources")))
+                _log_freshness()
                 log.info("demo: done. Open the status page: %s", status_url or "(no status route in this app)")
                 return
         if not stop.is_set():
             log.warning("demo: not every refresh finished within %.0f s; see the lines above", timeout)
+
+
+def _log_freshness() -> None:
+    """Each demo dataset's freshness, as GET /api/datasets and the status page show it."""
+    from refresh.core.context import get_app
+
+    try:
+        freshness = get_app().freshness
+        for key in CONFIG["datasets"]:
+            view = freshness.view(key).to_json()
+            log.info("demo: %s freshness: %s; data as of %s", key, view["text"],
+                     view["data_as_of"]["overall"] or "unknown")
+    except Exception as exc:  # the demo's summary only
+        log.warning("demo: freshness not read: %s", type(exc).__name__)
+
+
+def alert_destination(env: Any) -> str:
+    """Where alerts would go, without the webhook URL itself (a secret: a Teams URL carries its signature)."""
+    from urllib.parse import urlsplit
+
+    from refresh.monitoring.alerts import AlertSettings
+
+    settings = AlertSettings.load(env)
+    if settings.problem:
+        return f"nowhere: {settings.problem} (each alert is recorded as failed on the status page)"
+    if not settings.enabled:
+        return ("nowhere: ALERT_WEBHOOK_URL is empty; each alert is recorded (status 'off') and not sent. "
+                "Set ALERT_WEBHOOK_URL (ALERT_WEBHOOK_FORMAT=json|teams) in local.settings.json to send them")
+    return f"POST to the webhook on {urlsplit(settings.webhook_url).hostname} as {settings.format} " \
+           f"(through the refresh queue, retried with back-off)"
 
 
 def _versions(sources: Any) -> str:
