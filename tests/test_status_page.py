@@ -32,6 +32,8 @@ from refresh.core.clock import iso
 from refresh.core.context import set_app
 from refresh.dev.testing.harness import make_app
 from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs import summaries
+from refresh.jobs.outcomes import to_public
 from refresh.jobs.pending import Change
 from refresh.jobs.schedules import run_schedules
 from refresh.surfaces.status_page import CSP, fmt_duration, relative, timeline_svg
@@ -114,7 +116,8 @@ class PageWorld:
                                   error_message=f"{PBI_MESSAGE} (seeded)")
                 if status == "TimedOut":
                     fields.update(error_code="TimedOut", error_message="refresh exceeded timeout_minutes=30; cancelled")
-                self.app.outcomes.create(key, f"{abs(hash((key, i))) % 16**32:032x}", queued, fields)
+                row = self.app.outcomes.create(key, f"{abs(hash((key, i))) % 16**32:032x}", queued, fields)
+                summaries.note_end(self.app.state_table, key, to_public(row))  # as the worker does at each end
 
     def commit(self, dataset: str, table: str, version: int):
         cfg = self.app.config.datasets[dataset]

@@ -13,7 +13,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
-from refresh.jobs import messages
+from refresh.jobs import messages, summaries
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
 from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
 from refresh.jobs.running import MAX_LIST, RunningJob, capped_job, row_fields
@@ -87,6 +87,13 @@ class Endings:
         row = self.outcomes.update(dataset_key, job_id, change)
         if row is not None and changed and changed[0]:
             _log_outcome(to_public(row))
+        self._note_summary(dataset_key, row)
+
+    def _note_summary(self, dataset_key: str, row: dict | None) -> None:
+        """The dataset's summary for the status views (refresh/jobs/summaries.py): one ETag-guarded write of the
+        summary entity per job end, after the outcome row (a crash in between: the redelivered end folds it)."""
+        if row is not None:
+            summaries.note_end(self.states.table, dataset_key, to_public(row))
 
     def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
                       exc: pbi_errors.PowerBIError) -> str:
