@@ -93,7 +93,7 @@ def _seed(app, n: int, rows: int) -> bool:
                 fields.update(error_code="ModelRefreshFailed_CredentialsNotSpecified", error_message=PBI_ERROR)
             row = app.outcomes.create(key, f"{i:016x}{r:016x}", queued, fields)
             if summaries is not None:
-                summaries.note_end(app.state_table, key, to_public(row))
+                summaries.note_end(app.states, key, to_public(row))
         state = {"PartitionKey": "dataset", "RowKey": tables.row_key(key), "last_success_at": starts[-1]}
         tables.put_json(state, "starts", starts)
         if i % 10 == 3:  # a few datasets have new commits waiting: a pending job and a freshness record

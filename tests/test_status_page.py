@@ -117,7 +117,7 @@ class PageWorld:
                 if status == "TimedOut":
                     fields.update(error_code="TimedOut", error_message="refresh exceeded timeout_minutes=30; cancelled")
                 row = self.app.outcomes.create(key, f"{abs(hash((key, i))) % 16**32:032x}", queued, fields)
-                summaries.note_end(self.app.state_table, key, to_public(row))  # as the worker does at each end
+                summaries.note_end(self.app.states, key, to_public(row))  # as the worker does at each end
 
     def commit(self, dataset: str, table: str, version: int):
         cfg = self.app.config.datasets[dataset]

@@ -91,9 +91,10 @@ class Endings:
 
     def _note_summary(self, dataset_key: str, row: dict | None) -> None:
         """The dataset's summary for the status views (refresh/jobs/summaries.py): one ETag-guarded write of the
-        summary entity per job end, after the outcome row (a crash in between: the redelivered end folds it)."""
+        dataset's state entity per job end, after the outcome row (a crash in between: the redelivered end folds
+        it; 2 requests, 1 when already folded)."""
         if row is not None:
-            summaries.note_end(self.states.table, dataset_key, to_public(row))
+            summaries.note_end(self.states, dataset_key, to_public(row))
 
     def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
                       exc: pbi_errors.PowerBIError) -> str:

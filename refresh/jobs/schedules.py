@@ -174,7 +174,7 @@ def _record_missed(app: Any, ds: Any, times: list[datetime], now: datetime, grac
             "reasons": [f"schedule {ds.schedule}"], "scheduled_for": iso(due), "due_at": iso(due),
             "ended_at": iso(now), "detail": detail, "error_code": "Missed", "model_tables": [],
         })
-        summaries.note_end(app.state_table, ds.key, to_public(row))
+        summaries.note_end(app.states, ds.key, to_public(row))
     log.warning("schedule of dataset %s: %s due time(s) missed (latest %s); not fired late",
                 ds.key, total_text, iso(times[-1]))
 
@@ -187,7 +187,7 @@ def _fire(app: Any, ds: Any, due: datetime, coalesced: int, now: datetime) -> Sc
             "reasons": [f"schedule {ds.schedule}"], "scheduled_for": iso(due), "due_at": iso(due),
             "ended_at": iso(now), "detail": UNCHANGED_DETAIL, "model_tables": [],
         })
-        summaries.note_end(app.state_table, ds.key, to_public(row))
+        summaries.note_end(app.states, ds.key, to_public(row))
         log.info("schedule of dataset %s due %s: skipped, %s", ds.key, iso(due), UNCHANGED_DETAIL)
         return ScheduleRun(ds.key, "skipped-unchanged", iso(due), job_id)
     reason = f"schedule {ds.schedule} due at {iso(due)}"

@@ -1,27 +1,24 @@
 """Per-dataset summaries: what the status views show of a dataset without reading its outcome rows.
 
-One entity per dataset in the state table: PartitionKey ``summary``, RowKey the dataset key
-(:func:`refresh.core.storage.row_key`), JSON column ``summary``::
+A JSON column ``summary`` on the dataset's state entity (state table, PartitionKey ``dataset``, the entity that
+already holds pending, running, starts, refreshed, freshness)::
 
     {"v": 1, "last": entry, "last_success": entry | null, "recent": [entry, ...]}
 
 ``recent`` holds the dataset's latest :data:`RECENT` ended outcomes, newest first; an entry is a compact
-copy of an outcome row (:data:`ENTRY_FIELDS`, texts cut to :data:`MAX_ENTRY_TEXT`). It is written once
-per job end, by whoever records the end (the worker in refresh/jobs/endings.py, the scheduler's
-skips), as an ETag-guarded read-modify-write of this one entity: 2 storage requests per job end (1
-when the end was already folded in, e.g. a redelivered message). Folding is idempotent (by job id), so
-a retried or duplicated end never shows twice. The views read every summary with one query (plus one
-for the dataset states: pending, running, starts, freshness), whatever the number of datasets.
-
-A separate entity rather than a column of the dataset's state entity: that entity is rewritten by
-every commit detected for the dataset, and a summary column there would put the worker's end write in
-ETag conflicts with detection; the separate entity costs the same two requests and conflicts with nothing.
+copy of an outcome row (:data:`ENTRY_FIELDS`, texts cut to :data:`MAX_ENTRY_TEXT`), about 5 KB for a full
+summary. It is written once per job end, by whoever records the end (the worker in refresh/jobs/endings.py, the
+scheduler's skips), as an ETag-guarded read-modify-write of the state entity (``DatasetStates.update``, which
+retries when detection or the worker changed the entity meanwhile): 2 storage requests per job end (1 when the
+end was already folded in, e.g. a redelivered message). Folding is idempotent (by job id), so a retried or
+duplicated end never shows twice. The views then read everything with ONE query (the dataset states),
+whatever the number of datasets.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +27,12 @@ from refresh.jobs.outcomes import END_STATES, Status
 
 log = logging.getLogger(__name__)
 
-PK_SUMMARY = "summary"
 COLUMN = "summary"
 FORMAT_VERSION = 1
 RECENT = 20
 """Ended outcomes kept per dataset (the overview's timeline)."""
 MAX_ENTRY_TEXT = 300
 MAX_ENTRY_LIST = 5
-MAX_CONFLICT_RETRIES = 10
 ENTRY_FIELDS = ("job_id", "status", "trigger", "triggers", "requested_by", "queued_at", "started_at", "ended_at",
                 "duration_seconds", "refresh_type", "error_code", "error_message", "detail")
 _TEXT_FIELDS = ("error_message", "detail")
@@ -100,57 +95,57 @@ class DatasetSummary:
         return True
 
 
-def note_end(table: Any, dataset: str, row: Mapping[str, Any] | None) -> bool:
-    """Fold an ended outcome row into the dataset's summary entity, ETag-guarded (2 requests; 1 when it is
-    already in). Returns whether it wrote. Never raises for storage trouble: the outcome row is the truth and
-    is already written; a summary that misses one end is repaired by the next end only in its ``last``, so the
-    failure is logged."""
+def note_end(states: Any, dataset: str, row: Mapping[str, Any] | None) -> bool:
+    """Fold an ended outcome row into the summary on the dataset's state entity (``states``: a
+    :class:`refresh.jobs.pending.DatasetStates`), ETag-guarded: 2 requests, 1 when it is already in. Returns whether
+    it wrote. Never raises for storage trouble: the outcome row is the truth and is already written; the failure
+    is logged and the next end of the dataset brings the summary up to date again."""
     if not row or row.get("status") not in END_STATES:
         return False
+    wrote: list[bool] = [False]
+
+    def fold(data: dict) -> bool:
+        summary = DatasetSummary.from_entity(data)
+        wrote[0] = summary.fold(row)
+        if wrote[0]:
+            tables.put_json(data, COLUMN, summary.to_json())
+        return wrote[0]
+
     try:
-        return _update(table, dataset, lambda summary: summary.fold(row))
+        states.update(dataset, fold)
     except Exception:
         log.exception("summary of dataset %s: could not record the end of job %s", dataset, row.get("job_id"))
         return False
+    return wrote[0]
 
 
-def _update(table: Any, dataset: str, change: Callable[[DatasetSummary], bool]) -> bool:
-    for _ in range(MAX_CONFLICT_RETRIES):
-        entity = tables.get_entity(table, PK_SUMMARY, tables.row_key(dataset))
-        summary = DatasetSummary.from_entity(entity)
-        if not change(summary):
-            return False
-        data = {"PartitionKey": PK_SUMMARY, "RowKey": tables.row_key(dataset)}
-        tables.put_json(data, COLUMN, summary.to_json())
-        try:
-            tables.write(table, data, entity.metadata["etag"] if entity is not None else None)
-            return True
-        except tables.Conflict:
-            continue
-    raise tables.Conflict(f"summary of dataset {dataset} kept changing")
+def has_summary(entity: Any | None) -> bool:
+    return entity is not None and tables.value(entity, f"{COLUMN}_n") is not None  # put_json stores chunks
 
 
-def read_all(table: Any) -> dict[str, DatasetSummary]:
-    """Every dataset's summary by dataset key: one query (pages of up to 1,000 entities)."""
-    return {tables.from_row_key(e["RowKey"]): DatasetSummary.from_entity(e)
-            for e in table.query_entities("PartitionKey eq @pk", parameters={"pk": PK_SUMMARY})}
-
-
-def backfill(table: Any, dataset: str, rows: list[dict[str, Any]]) -> DatasetSummary:
+def backfill(states: Any, dataset: str, rows: list[dict[str, Any]]) -> DatasetSummary:
     """The summary of a dataset that has none yet (its outcomes were recorded before summaries existed, or it
-    never ran), built from its latest outcome rows and created (never replacing one written meanwhile: the
-    worker's fold is the truth). Returns what the views should show."""
-    summary = DatasetSummary()
+    never ran), built from its latest outcome rows and stored on its state entity unless one was written
+    meanwhile (the worker's fold wins). Returns what the views should show."""
+    built = DatasetSummary()
     for row in rows:
-        summary.fold(row)
-    data = {"PartitionKey": PK_SUMMARY, "RowKey": tables.row_key(dataset)}
-    tables.put_json(data, COLUMN, summary.to_json())
+        built.fold(row)
+    shown: list[DatasetSummary] = [built]
+
+    def put(data: dict) -> bool:
+        if has_summary(data):
+            shown[0] = DatasetSummary.from_entity(data)
+            return False
+        tables.put_json(data, COLUMN, built.to_json())
+        return True
+
     try:
-        tables.write(table, data, None)
-    except tables.Conflict:
-        return DatasetSummary.from_entity(tables.get_entity(table, PK_SUMMARY, tables.row_key(dataset)))
-    return summary
+        states.update(dataset, put)
+    except Exception:
+        log.exception("summary of dataset %s: could not store the one built from its outcome rows", dataset)
+    return shown[0]
 
 
-def read_one(table: Any, dataset: str) -> DatasetSummary:
-    return DatasetSummary.from_entity(tables.get_entity(table, PK_SUMMARY, tables.row_key(dataset)))
+def read_one(states: Any, dataset: str) -> DatasetSummary:
+    """One dataset's summary (one read of its state entity)."""
+    return DatasetSummary.from_entity(states.get(dataset))

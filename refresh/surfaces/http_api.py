@@ -33,6 +33,8 @@ from refresh.core.validation import (
     JOB_ID_RE,
     MAX_NAME_LENGTH,
     REFRESH_TYPES,
+    REPLACEMENT,
+    SURROGATE_RE,
     json_type,
     readable,
     shown,
@@ -77,7 +79,8 @@ JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     """A JSON response (UTF-8, never cached). Stored text that is not valid Unicode (rows written
     before it was refused) is shown with replacement characters rather than failing the answer."""
-    body = json.dumps(readable(data), separators=(",", ":"), ensure_ascii=False, default=str)
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    body = SURROGATE_RE.sub(REPLACEMENT, body)  # same as readable(data) on every string and key, in one pass
     return func.HttpResponse(body=body, status_code=status, headers={**JSON_HEADERS, **(headers or {})},
                              mimetype="application/json", charset="utf-8")
 
@@ -284,7 +287,7 @@ def get_refresh(req: func.HttpRequest) -> func.HttpResponse:
 @endpoint("GET")
 def list_datasets(req: func.HttpRequest) -> func.HttpResponse:
     """Every configured dataset: sources, schedule, last outcome, pending and running jobs, daily limit use,
-    durations and freshness. Two queries whatever the number of datasets (see :func:`collect_datasets`)."""
+    durations and freshness. One query whatever the number of datasets (see :func:`collect_datasets`)."""
     app = get_app()
     return json_response({"generated_at": iso(app.clock.now()),
                           "datasets": collect_datasets(app, include_recent=False)})
@@ -305,9 +308,9 @@ def dataset_history(req: func.HttpRequest) -> func.HttpResponse:
 def collect_datasets(app: Any, include_recent: bool = True) -> list[dict[str, Any]]:
     """What the status page and ``GET /api/datasets`` show of every configured dataset.
 
-    Two queries on the state table, whatever the number of datasets: the dataset states (pending,
-    running, starts, freshness) and the summaries the worker keeps (refresh/jobs/summaries.py: last
-    outcomes, durations). No outcome rows are read and Power BI is never called, except for datasets that have
+    One query on the state table, whatever the number of datasets: the dataset states (pending, running,
+    starts, freshness, and the summary the worker keeps there, refresh/jobs/summaries.py: last outcomes,
+    durations). No outcome rows are read and Power BI is never called, except for datasets that have
     no summary yet (recorded before summaries existed, or newly configured): up to :data:`BACKFILL_PER_VIEW` of
     them per view get one built from their outcome rows and stored, the others say ``"summarized": false``.
     """
@@ -315,9 +318,9 @@ def collect_datasets(app: Any, include_recent: bool = True) -> list[dict[str, An
     config = app.config
     states = {tables.from_row_key(e["RowKey"]): e
               for e in app.state_table.query_entities("PartitionKey eq @pk", parameters={"pk": PK_DATASET})}
-    kept = summaries.read_all(app.state_table)
+    kept = {key: summaries.DatasetSummary.from_entity(e) for key, e in states.items() if summaries.has_summary(e)}
     for key in [k for k in config.datasets if k not in kept][:BACKFILL_PER_VIEW]:
-        kept[key] = summaries.backfill(app.state_table, key, app.outcomes.history(key, summaries.RECENT))
+        kept[key] = summaries.backfill(app.states, key, app.outcomes.history(key, summaries.RECENT))
     return [dataset_summary(ds, states.get(key), kept.get(key) or summaries.DatasetSummary(), now, include_recent,
                             summarized=key in kept)
             for key, ds in config.datasets.items()]
@@ -495,9 +498,9 @@ def _check_token(app: Any) -> dict[str, Any]:
 
 @endpoint("GET", html=True)
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    """The HTML status page; ``?dataset=<key>`` shows one dataset's history. The overview costs three queries
-    (dataset states, summaries, alert delivery problems), a dataset's page three reads (its state, its outcome
-    rows, alert problems)."""
+    """The HTML status page; ``?dataset=<key>`` shows one dataset's history. The overview costs two queries
+    (dataset states with their summaries, alert delivery problems), a dataset's page three reads (its state, its
+    outcome rows, alert problems)."""
     from refresh.surfaces import status_page as page
 
     app = get_app()
@@ -506,8 +509,8 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     raw = req.params.get("dataset")
     problems = alert_problems(app)
     if raw is None or raw == "":
-        return page.html_response(page.render_overview(readable(collect_datasets(app)), now, links,
-                                                       alerts=readable(problems)))
+        # text that is not valid Unicode is replaced once, in the finished page (html_response)
+        return page.html_response(page.render_overview(collect_datasets(app), now, links, alerts=problems))
     key = dataset_key(raw, "dataset")
     rows = app.outcomes.history(key, page.HISTORY_ROWS)
     ds = app.config.datasets.get(key)

@@ -23,8 +23,8 @@ from refresh.core.validation import readable
 from refresh.jobs.outcomes import Status
 from refresh.monitoring.freshness import BREACHED, CATCHING_UP, UNKNOWN, UP_TO_DATE
 
-TIMELINE_ROWS = 20
-"""Refreshes in each dataset's timeline on the overview."""
+TIMELINE_ROWS = 12
+"""Refreshes in each dataset's timeline on the overview (the summary keeps 20)."""
 HISTORY_ROWS = 50
 """Refreshes listed (and drawn) on a dataset's own page."""
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
@@ -209,7 +209,7 @@ def _duration(row: Mapping[str, Any], now: datetime) -> float:
     return 0.0
 
 
-def bar_title(row: Mapping[str, Any], now: datetime) -> str:
+def bar_title(row: Mapping[str, Any], now: datetime, limit: int = 1000) -> str:
     """The hover text of one timeline bar (plain text; escaped where it is used)."""
     status = row.get("status") or "Unknown"
     when = _bar_time(row)
@@ -223,9 +223,9 @@ def bar_title(row: Mapping[str, Any], now: datetime) -> str:
     if row.get("requested_by"):
         lines.append(f"requested by: {_list(row['requested_by'])}")
     if row.get("error_code") or row.get("error_message"):
-        lines.append(f"{row.get('error_code') or 'error'}: {_short(row.get('error_message'), 1000)}")
+        lines.append(f"{row.get('error_code') or 'error'}: {_short(row.get('error_message'), limit)}")
     elif row.get("detail"):
-        lines.append(_short(row.get("detail"), 500))
+        lines.append(_short(row.get("detail"), limit // 2))
     lines.append(f"job {row.get('job_id') or '?'}")
     return "\n".join(lines)
 
