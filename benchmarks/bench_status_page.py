@@ -94,15 +94,21 @@ def _seed(app, n: int, rows: int) -> bool:
             row = app.outcomes.create(key, f"{i:016x}{r:016x}", queued, fields)
             if summaries is not None:
                 summaries.note_end(app.states, key, to_public(row))
-        state = {"PartitionKey": "dataset", "RowKey": tables.row_key(key), "last_success_at": starts[-1]}
-        tables.put_json(state, "starts", starts)
-        if i % 10 == 3:  # a few datasets have new commits waiting: a pending job and a freshness record
+        record = None
+        if i % 10 == 3:  # a few datasets have new commits waiting: a freshness record says since when
             from refresh.monitoring.freshness import FreshnessRecord, commit_time, record_commits
             record = FreshnessRecord.from_entity(None)
             record_commits(record, f"gold/domain{i % 9}/fact_{i:03d}",
                            [commit_time(99, int((now - timedelta(minutes=5 + i)).timestamp() * 1000), None, now)])
-            record.to_entity(state)
-        tables.write(app.state_table, state, None)
+
+        def put(state: dict) -> bool:
+            state["last_success_at"] = starts[-1]
+            tables.put_json(state, "starts", starts)
+            if record is not None:
+                record.to_entity(state)
+            return True
+
+        app.states.update(key, put)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(n)))

@@ -6,8 +6,9 @@ already holds pending, running, starts, refreshed, freshness)::
     {"v": 1, "last": entry, "last_success": entry | null, "recent": [entry, ...]}
 
 ``recent`` holds the dataset's latest :data:`RECENT` ended outcomes, newest first; an entry is a compact
-copy of an outcome row (:data:`ENTRY_FIELDS`, texts cut to :data:`MAX_ENTRY_TEXT`), about 5 KB for a full
-summary. It is written once per job end, by whoever records the end (the worker in refresh/jobs/endings.py, the
+copy of an outcome row (``last``, ``last_success``: :data:`ENTRY_FIELDS`, texts cut to :data:`MAX_ENTRY_TEXT`;
+``recent``: :data:`RECENT_FIELDS`, texts cut to :data:`MAX_RECENT_TEXT`), about 3 KB for a full summary.
+It is written once per job end, by whoever records the end (the worker in refresh/jobs/endings.py, the
 scheduler's skips), as an ETag-guarded read-modify-write of the state entity (``DatasetStates.update``, which
 retries when detection or the worker changed the entity meanwhile): 2 storage requests per job end (1 when the
 end was already folded in, e.g. a redelivered message). Folding is idempotent (by job id), so a retried or
@@ -29,9 +30,13 @@ log = logging.getLogger(__name__)
 
 COLUMN = "summary"
 FORMAT_VERSION = 1
-RECENT = 20
+RECENT = 12
 """Ended outcomes kept per dataset (the overview's timeline)."""
 MAX_ENTRY_TEXT = 300
+MAX_RECENT_TEXT = 160
+RECENT_FIELDS = ("job_id", "status", "queued_at", "started_at", "ended_at", "duration_seconds", "refresh_type",
+                 "error_code", "error_message", "detail")
+"""What an entry of ``recent`` keeps (a timeline bar); ``last`` and ``last_success`` keep all of ENTRY_FIELDS."""
 MAX_ENTRY_LIST = 5
 ENTRY_FIELDS = ("job_id", "status", "trigger", "triggers", "requested_by", "queued_at", "started_at", "ended_at",
                 "duration_seconds", "refresh_type", "error_code", "error_message", "detail")
@@ -39,16 +44,17 @@ _TEXT_FIELDS = ("error_message", "detail")
 _LIST_FIELDS = ("triggers", "requested_by")
 
 
-def entry_of(row: Mapping[str, Any]) -> dict[str, Any]:
+def entry_of(row: Mapping[str, Any], names: tuple[str, ...] = ENTRY_FIELDS, limit: int = MAX_ENTRY_TEXT) -> (
+        dict[str, Any]):
     """The compact copy of an outcome row (public form, refresh/jobs/outcomes.py ``to_public``) kept in a summary."""
     out: dict[str, Any] = {}
-    for name in ENTRY_FIELDS:
+    for name in names:
         value = row.get(name)
         if value is None or value == "":
             continue
         if name in _TEXT_FIELDS:
             text = str(value)
-            value = text if len(text) <= MAX_ENTRY_TEXT else text[:MAX_ENTRY_TEXT - 1] + "…"
+            value = text if len(text) <= limit else text[:limit - 1] + "…"
         elif name in _LIST_FIELDS:
             value = list(value)[:MAX_ENTRY_LIST] if isinstance(value, list | tuple) else value
         out[name] = value
@@ -86,7 +92,8 @@ class DatasetSummary:
         job_id = entry["job_id"]
         if any(e.get("job_id") == job_id for e in self.recent) or (self.last or {}).get("job_id") == job_id:
             return False
-        self.recent = sorted([entry, *self.recent], key=_order, reverse=True)[:RECENT]
+        bar = entry_of(row, RECENT_FIELDS, MAX_RECENT_TEXT)
+        self.recent = sorted([bar, *self.recent], key=_order, reverse=True)[:RECENT]
         if self.last is None or _order(entry) >= _order(self.last):
             self.last = entry
         if entry["status"] == Status.COMPLETED and (self.last_success is None
