@@ -49,7 +49,7 @@ CONFIG = {
         "sales": {
             "workspace": "Finance Analytics", "dataset": "Sales Model",
             "sources": [{"table": "sales/fact_orders", "model_tables": ["Orders"]}, {"table": "sales/dim_*"}],
-            "debounce_seconds": 60, "max_delay_seconds": 900,
+            "debounce_seconds": 60, "max_delay_seconds": 900, "freshness_slo_minutes": 60,
         },
         "ops": {
             "workspace": "Ops", "dataset": "Ops Model", "sources": [{"table": "ops/**"}],
@@ -363,9 +363,26 @@ def test_console_capture_works(browser, server):
     assert any("selftest-console-error" in e["message"] for e in browser.console())
 
 
+def _breach(world, key: str, hours: int) -> None:
+    """A commit ``hours`` old that no refresh included (as detection records it): past a 1 h objective."""
+    from refresh.monitoring.freshness import FreshnessRecord, commit_time, record_commits
+
+    now = world.clock.now()
+
+    def put(data: dict) -> bool:
+        record = FreshnessRecord.from_entity(data)
+        record_commits(record, "sales/fact_orders",
+                       [commit_time(41, int((now - timedelta(hours=hours)).timestamp() * 1000), None, now)])
+        record.to_entity(data)
+        return True
+
+    world.app.states.update(key, put)
+
+
 def test_status_page_renders_in_chromium_without_console_errors(world, browser, server):
     world.seed_history()
     world.live_activity()
+    _breach(world, "sales", 3)
     browser.console()  # drop anything older
     browser.open(f"{server}/api/status?code=k3y")
     assert browser.console() == []
@@ -382,6 +399,8 @@ def test_status_page_renders_in_chromium_without_console_errors(world, browser, 
           last: rows.map(r => r.querySelector('td.last').innerText),
           activity: rows.map(r => r.querySelector('td.activity').innerText),
           limits: rows.map(r => r.querySelector('td.limit').innerText),
+          freshness: rows.map(r => r.querySelector('td.freshness').innerText),
+          counts: [...document.querySelectorAll('.summary .count')].map(c => c.innerText),
           scripts: document.scripts.length,
           resources: performance.getEntriesByType('resource').length,
           badgeColour: badge ? getComputedStyle(badge).backgroundColor : null,
@@ -400,6 +419,10 @@ def test_status_page_renders_in_chromium_without_console_errors(world, browser, 
     last = dict(zip(facts["rows"], facts["last"], strict=True))
     assert last["sales"].startswith("Failed") and PBI_MESSAGE in last["sales"]
     assert last["ops"].startswith("Skipped") and last["hr"] == "no refresh yet"
+    freshness = dict(zip(facts["rows"], facts["freshness"], strict=True))
+    assert freshness["sales"].startswith("breached since") and "breached for" in freshness["sales"]
+    assert freshness["hr"].startswith("unknown")
+    assert "breached 1" in facts["counts"]
     activity = dict(zip(facts["rows"], facts["activity"], strict=True))
     assert activity["sales"].startswith("Running") and activity["finance-close"].startswith("Queued")
     assert activity["hr"] == "idle"
