@@ -359,7 +359,8 @@ def test_hostile_strings_are_stored_as_data_never_in_a_filter_a_log_or_the_page(
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script" not in text
     assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in text and "<img" not in text
     for url in world.storage_urls:
-        assert "alert" not in unquote(url) and "or 1 eq 1" not in unquote(url)
+        # the hostile texts never reach a filter (the one 'alert' is the alert rows' own PartitionKey)
+        assert "alert(" not in unquote(url) and "onerror" not in unquote(url) and "or 1 eq 1" not in unquote(url)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "alert(" not in logged and "or 1 eq 1" not in logged
     assert job_id in logged  # validated values are logged

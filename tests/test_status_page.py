@@ -32,6 +32,8 @@ from refresh.core.clock import iso
 from refresh.core.context import set_app
 from refresh.dev.testing.harness import make_app
 from refresh.dev.testing.pump import Pump, VirtualQueue
+from refresh.jobs import summaries
+from refresh.jobs.outcomes import to_public
 from refresh.jobs.pending import Change
 from refresh.jobs.schedules import run_schedules
 from refresh.surfaces.status_page import CSP, fmt_duration, relative, timeline_svg
@@ -47,7 +49,7 @@ CONFIG = {
         "sales": {
             "workspace": "Finance Analytics", "dataset": "Sales Model",
             "sources": [{"table": "sales/fact_orders", "model_tables": ["Orders"]}, {"table": "sales/dim_*"}],
-            "debounce_seconds": 60, "max_delay_seconds": 900,
+            "debounce_seconds": 60, "max_delay_seconds": 900, "freshness_slo_minutes": 60,
         },
         "ops": {
             "workspace": "Ops", "dataset": "Ops Model", "sources": [{"table": "ops/**"}],
@@ -114,7 +116,8 @@ class PageWorld:
                                   error_message=f"{PBI_MESSAGE} (seeded)")
                 if status == "TimedOut":
                     fields.update(error_code="TimedOut", error_message="refresh exceeded timeout_minutes=30; cancelled")
-                self.app.outcomes.create(key, f"{abs(hash((key, i))) % 16**32:032x}", queued, fields)
+                row = self.app.outcomes.create(key, f"{abs(hash((key, i))) % 16**32:032x}", queued, fields)
+                summaries.note_end(self.app.states, key, to_public(row))  # as the worker does at each end
 
     def commit(self, dataset: str, table: str, version: int):
         cfg = self.app.config.datasets[dataset]
@@ -360,9 +363,26 @@ def test_console_capture_works(browser, server):
     assert any("selftest-console-error" in e["message"] for e in browser.console())
 
 
+def _breach(world, key: str, hours: int) -> None:
+    """A commit ``hours`` old that no refresh included (as detection records it): past a 1 h objective."""
+    from refresh.monitoring.freshness import FreshnessRecord, commit_time, record_commits
+
+    now = world.clock.now()
+
+    def put(data: dict) -> bool:
+        record = FreshnessRecord.from_entity(data)
+        record_commits(record, "sales/fact_orders",
+                       [commit_time(41, int((now - timedelta(hours=hours)).timestamp() * 1000), None, now)])
+        record.to_entity(data)
+        return True
+
+    world.app.states.update(key, put)
+
+
 def test_status_page_renders_in_chromium_without_console_errors(world, browser, server):
     world.seed_history()
     world.live_activity()
+    _breach(world, "sales", 3)
     browser.console()  # drop anything older
     browser.open(f"{server}/api/status?code=k3y")
     assert browser.console() == []
@@ -379,6 +399,8 @@ def test_status_page_renders_in_chromium_without_console_errors(world, browser, 
           last: rows.map(r => r.querySelector('td.last').innerText),
           activity: rows.map(r => r.querySelector('td.activity').innerText),
           limits: rows.map(r => r.querySelector('td.limit').innerText),
+          freshness: rows.map(r => r.querySelector('td.freshness').innerText),
+          counts: [...document.querySelectorAll('.summary .count')].map(c => c.innerText),
           scripts: document.scripts.length,
           resources: performance.getEntriesByType('resource').length,
           badgeColour: badge ? getComputedStyle(badge).backgroundColor : null,
@@ -397,6 +419,10 @@ def test_status_page_renders_in_chromium_without_console_errors(world, browser, 
     last = dict(zip(facts["rows"], facts["last"], strict=True))
     assert last["sales"].startswith("Failed") and PBI_MESSAGE in last["sales"]
     assert last["ops"].startswith("Skipped") and last["hr"] == "no refresh yet"
+    freshness = dict(zip(facts["rows"], facts["freshness"], strict=True))
+    assert freshness["sales"].startswith("breached since") and "breached for" in freshness["sales"]
+    assert freshness["hr"].startswith("unknown")
+    assert "breached 1" in facts["counts"]
     activity = dict(zip(facts["rows"], facts["activity"], strict=True))
     assert activity["sales"].startswith("Running") and activity["finance-close"].startswith("Queued")
     assert activity["hr"] == "idle"

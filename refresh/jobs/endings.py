@@ -13,7 +13,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
-from refresh.jobs import messages
+from refresh.jobs import messages, summaries
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
 from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
 from refresh.jobs.running import MAX_LIST, RunningJob, capped_job, row_fields
@@ -104,6 +104,7 @@ class Endings:
         if row is not None and row.get("status") in END_STATES and not freshness_later:
             # also on a second pass: a crash between the row and this write is repaired by the redelivery
             self._note_freshness(dataset_key, row)
+        self._note_summary(dataset_key, row)
         return row
 
     def _note_in(self, data: dict, dataset_key: str, row: dict | None) -> Any:
@@ -146,6 +147,13 @@ class Endings:
         except Exception as exc:
             log.error("dataset %s: job %s's end not recorded for freshness (%s: %s)", dataset_key,
                       row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
+
+    def _note_summary(self, dataset_key: str, row: dict | None) -> None:
+        """The dataset's summary for the status views (refresh/jobs/summaries.py): one ETag-guarded write of the
+        dataset's state entity per job end, after the outcome row (a crash in between: the redelivered end folds
+        it; 2 requests, 1 when already folded)."""
+        if row is not None:
+            summaries.note_end(self.states, dataset_key, to_public(row))
 
     def _start_failed(self, dataset_key: str, job: PendingJob, running: RunningJob | None,
                       exc: pbi_errors.PowerBIError) -> str:

@@ -33,6 +33,8 @@ from typing import Any
 from refresh.core import ncrontab
 from refresh.core import storage as tables
 from refresh.core.clock import iso, parse_iso
+from refresh.jobs import summaries
+from refresh.jobs.outcomes import to_public
 from refresh.jobs.pending import Change, pending_of
 
 log = logging.getLogger(__name__)
@@ -167,11 +169,12 @@ def _record_missed(app: Any, ds: Any, times: list[datetime], now: datetime, grac
         detail = (f"missed: due at {iso(due)}, but the schedule timer did not run until {iso(now)} (more than "
                   f"SCHEDULE_MISSED_GRACE_SECONDS={grace} s late), so it was skipped rather than fired late; "
                   f"{total_text} due time(s) missed in total{note}")
-        app.outcomes.create(ds.key, uuid.uuid4().hex, due, {
+        row = app.outcomes.create(ds.key, uuid.uuid4().hex, due, {
             "status": "Skipped", "trigger": "schedule", "triggers": ["schedule"], "requested_by": ["schedule"],
             "reasons": [f"schedule {ds.schedule}"], "scheduled_for": iso(due), "due_at": iso(due),
             "ended_at": iso(now), "detail": detail, "error_code": "Missed", "model_tables": [],
         })
+        summaries.note_end(app.states, ds.key, to_public(row))
     log.warning("schedule of dataset %s: %s due time(s) missed (latest %s); not fired late",
                 ds.key, total_text, iso(times[-1]))
 
@@ -179,11 +182,12 @@ def _record_missed(app: Any, ds: Any, times: list[datetime], now: datetime, grac
 def _fire(app: Any, ds: Any, due: datetime, coalesced: int, now: datetime) -> ScheduleRun:
     if ds.schedule_skip_if_unchanged and unchanged(app.states.get(ds.key)):
         job_id = uuid.uuid4().hex
-        app.outcomes.create(ds.key, job_id, now, {
+        row = app.outcomes.create(ds.key, job_id, now, {
             "status": "Skipped", "trigger": "schedule", "triggers": ["schedule"], "requested_by": ["schedule"],
             "reasons": [f"schedule {ds.schedule}"], "scheduled_for": iso(due), "due_at": iso(due),
             "ended_at": iso(now), "detail": UNCHANGED_DETAIL, "model_tables": [],
         })
+        summaries.note_end(app.states, ds.key, to_public(row))
         log.info("schedule of dataset %s due %s: skipped, %s", ds.key, iso(due), UNCHANGED_DETAIL)
         return ScheduleRun(ds.key, "skipped-unchanged", iso(due), job_id)
     reason = f"schedule {ds.schedule} due at {iso(due)}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
@@ -32,15 +33,18 @@ from refresh.core.validation import (
     JOB_ID_RE,
     MAX_NAME_LENGTH,
     REFRESH_TYPES,
+    REPLACEMENT,
+    SURROGATE_RE,
     json_type,
     readable,
     shown,
     text_problem,
 )
-from refresh.jobs import adhoc
-from refresh.jobs.outcomes import END_STATES
+from refresh.jobs import adhoc, summaries
+from refresh.jobs.outcomes import Status
 from refresh.jobs.pending import PK_DATASET, Change, pending_of
 from refresh.jobs.worker import SHARED_DAILY_LIMIT
+from refresh.monitoring.freshness import FreshnessRecord, freshness_of
 from refresh.surfaces.http_input import (  # noqa: F401  (MAX_BODY_BYTES, adhoc_key: part of this module's interface)
     MAX_BODY_BYTES,
     ApiError,
@@ -57,6 +61,8 @@ from refresh.surfaces.http_input import (  # noqa: F401  (MAX_BODY_BYTES, adhoc_
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
+BACKFILL_PER_VIEW = 3
+"""Datasets without a summary whose summary a view builds from their outcome rows (one query each)."""
 MAX_TOP = 100
 MAX_MODEL_TABLES = 100
 MAX_MODEL_TABLE_LENGTH = 128
@@ -73,7 +79,8 @@ JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     """A JSON response (UTF-8, never cached). Stored text that is not valid Unicode (rows written
     before it was refused) is shown with replacement characters rather than failing the answer."""
-    body = json.dumps(readable(data), separators=(",", ":"), ensure_ascii=False, default=str)
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    body = SURROGATE_RE.sub(REPLACEMENT, body)  # same as readable(data) on every string and key, in one pass
     return func.HttpResponse(body=body, status_code=status, headers={**JSON_HEADERS, **(headers or {})},
                              mimetype="application/json", charset="utf-8")
 
@@ -279,10 +286,11 @@ def get_refresh(req: func.HttpRequest) -> func.HttpResponse:
 
 @endpoint("GET")
 def list_datasets(req: func.HttpRequest) -> func.HttpResponse:
-    """Every configured dataset: sources, schedule, last outcome, pending and running jobs, daily limit use."""
+    """Every configured dataset: sources, schedule, last outcome, pending and running jobs, daily limit use,
+    durations and freshness. One query whatever the number of datasets (see :func:`collect_datasets`)."""
     app = get_app()
     return json_response({"generated_at": iso(app.clock.now()),
-                          "datasets": collect_datasets(app, recent=10, include_recent=False)})
+                          "datasets": collect_datasets(app, include_recent=False)})
 
 
 @endpoint("GET")
@@ -297,34 +305,50 @@ def dataset_history(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"dataset": key, "top": top, "capped": capped, "outcomes": rows})
 
 
-def collect_datasets(app: Any, recent: int = 20, include_recent: bool = True) -> list[dict[str, Any]]:
+def collect_datasets(app: Any, include_recent: bool = True) -> list[dict[str, Any]]:
     """What the status page and ``GET /api/datasets`` show of every configured dataset.
 
-    Reads the dataset states with one query and each dataset's latest ``recent`` outcome rows; never
-    calls Power BI.
+    One query on the state table, whatever the number of datasets: the dataset states (pending, running,
+    starts, freshness, and the summary the worker keeps there, refresh/jobs/summaries.py: last outcomes,
+    durations). No outcome rows are read and Power BI is never called, except for datasets that have
+    no summary yet (recorded before summaries existed, or newly configured): up to :data:`BACKFILL_PER_VIEW` of
+    them per view get one built from their outcome rows and stored, the others say ``"summarized": false``.
     """
     now = app.clock.now()
     config = app.config
     states = {tables.from_row_key(e["RowKey"]): e
               for e in app.state_table.query_entities("PartitionKey eq @pk", parameters={"pk": PK_DATASET})}
-    return [dataset_summary(ds, states.get(key), app.outcomes.history(key, recent), now, include_recent)
+    kept = {key: summaries.DatasetSummary.from_entity(e) for key, e in states.items() if summaries.has_summary(e)}
+    for key in [k for k in config.datasets if k not in kept][:BACKFILL_PER_VIEW]:
+        kept[key] = summaries.backfill(app.states, key, app.outcomes.history(key, summaries.RECENT))
+    return [dataset_summary(ds, states.get(key), kept.get(key) or summaries.DatasetSummary(), now, include_recent,
+                            summarized=key in kept)
             for key, ds in config.datasets.items()]
 
 
-def dataset_summary(ds: Any, state: Any | None, rows: list[dict[str, Any]], now: datetime,
-                    include_recent: bool = True) -> dict[str, Any]:
+def summary_from_rows(rows: list[dict[str, Any]]) -> summaries.DatasetSummary:
+    """A summary built from outcome rows already read (a dataset's own page), plus rows not yet ended."""
+    summary = summaries.DatasetSummary()
+    for row in rows:
+        summary.fold(row)
+    return summary
+
+
+def dataset_summary(ds: Any, state: Any | None, summary: summaries.DatasetSummary, now: datetime,
+                    include_recent: bool = True, summarized: bool = True) -> dict[str, Any]:
     """One dataset's summary (see :func:`collect_datasets`)."""
     from refresh.jobs.schedules import next_due
 
     pending = pending_of(state)
     running = tables.get_json(state, "running")
-    last = next((r for r in rows if r.get("status") in END_STATES), None)
     day_ago = now - timedelta(hours=24)
     starts = [s for s in tables.get_json(state, "starts", []) or [] if parse_iso(s) > day_ago]
-    limit, capacity = daily_limit(ds, running, rows)
+    limit, capacity = daily_limit(ds, running, summary.recent)
     limit_text = (f"{len(starts)} / {SHARED_DAILY_LIMIT} if shared (capacity not known yet)" if capacity == "unknown"
                   else f"{len(starts)} / {'unlimited' if limit is None else limit} ({capacity})")
     due = next_due(ds.schedule, now)
+    slo_minutes = getattr(ds, "freshness_slo_minutes", None)
+    freshness = freshness_of(FreshnessRecord.from_entity(state), slo_minutes * 60 if slo_minutes else None, now)
     out: dict[str, Any] = {
         "key": ds.key, "workspace": ds.workspace, "dataset": ds.dataset,
         "sources": [{"table": s.table, "model_tables": list(s.model_tables) if s.model_tables else None}
@@ -332,8 +356,8 @@ def dataset_summary(ds: Any, state: Any | None, rows: list[dict[str, Any]], now:
         "schedule": None if not ds.schedule else {
             "expression": ds.schedule, "skip_if_unchanged": ds.schedule_skip_if_unchanged,
             "next_due_at": iso(due) if due else None},
-        "last_outcome": last,
-        "last_success_at": tables.value(state, "last_success_at") or None,
+        "last_outcome": summary.last,
+        "last_success_at": tables.value(state, "last_success_at") or (summary.last_success or {}).get("ended_at"),
         "pending": None if pending is None else {
             "job_id": pending.job_id, "trigger": pending.trigger, "triggers": pending.triggers,
             "created_at": pending.created_at, "due_at": pending.due_at, "model_tables": pending.objects(),
@@ -346,10 +370,22 @@ def dataset_summary(ds: Any, state: Any | None, rows: list[dict[str, Any]], now:
             "timeout_at": running.get("timeout_at"), "triggers": (running.get("job") or {}).get("triggers", [])},
         "daily_limit": {"used": len(starts), "limit": limit, "capacity": capacity, "window": "rolling 24 h",
                         "text": limit_text},
+        "durations": _durations(summary.recent),
+        "freshness": freshness.to_json(),
+        "summarized": summarized,
     }
     if include_recent:
-        out["recent"] = rows
+        out["recent"] = summary.recent
     return out
+
+
+def _durations(recent: list[dict[str, Any]]) -> dict[str, Any]:
+    """Durations (s, as the app saw them) of the recent completed refreshes: the latest and the median."""
+    values = [float(e["duration_seconds"]) for e in recent
+              if e.get("status") == Status.COMPLETED and isinstance(e.get("duration_seconds"), int | float)]
+    return {"last_completed_seconds": values[0] if values else None,
+            "median_completed_seconds": statistics.median(values) if values else None,
+            "completed_counted": len(values)}
 
 
 def daily_limit(ds: Any, running: dict | None, rows: list[dict[str, Any]]) -> tuple[int | None, str]:
@@ -465,16 +501,19 @@ def _check_token(app: Any) -> dict[str, Any]:
 
 @endpoint("GET", html=True)
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    """The HTML status page; ``?dataset=<key>`` shows one dataset's history."""
+    """The HTML status page; ``?dataset=<key>`` shows one dataset's history. The overview costs two queries
+    (dataset states with their summaries, alert delivery problems), a dataset's page three reads (its state, its
+    outcome rows, alert problems)."""
     from refresh.surfaces import status_page as page
 
     app = get_app()
     now = app.clock.now()
     links = page.link_params(req.params.get("code"))
     raw = req.params.get("dataset")
+    problems = alert_problems(app)
     if raw is None or raw == "":
-        return page.html_response(page.render_overview(readable(collect_datasets(app, recent=page.TIMELINE_ROWS)),
-                                                       now, links))
+        # text that is not valid Unicode is replaced once, in the finished page (html_response)
+        return page.html_response(page.render_overview(collect_datasets(app), now, links, alerts=problems))
     key = dataset_key(raw, "dataset")
     rows = app.outcomes.history(key, page.HISTORY_ROWS)
     ds = app.config.datasets.get(key)
@@ -482,6 +521,23 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
         raise ApiError(404, "unknown_dataset", f"no dataset with key {key!r} is configured or has refreshes")
     summary = None
     if ds is not None:
-        state = app.states.get(key)
-        summary = dataset_summary(ds, state, rows, now)
-    return page.html_response(page.render_dataset(key, readable(summary), readable(rows), now, links))
+        summary = dataset_summary(ds, app.states.get(key), summary_from_rows(rows), now)
+    return page.html_response(page.render_dataset(key, readable(summary), readable(rows), now, links,
+                                                  alerts=readable([p for p in problems if p.get("dataset") == key])))
+
+
+ALERT_PROBLEMS_SHOWN = 10
+
+
+def alert_problems(app: Any) -> list[dict[str, Any]]:
+    """Alert deliveries that failed or are being retried, newest first (one query). The alert rows live in the
+    state table (PartitionKey ``alert``) unless the app wires its own store (``app.alert_store``). A failure to
+    read them never takes the page down: it is logged and shown as no problems."""
+    from refresh.monitoring.alerts import AlertStore
+
+    store = getattr(app, "alert_store", None) or AlertStore(app.state_table)
+    try:
+        return store.problems(ALERT_PROBLEMS_SHOWN)
+    except Exception:
+        log.exception("status page: could not read alert delivery problems")
+        return []
