@@ -95,7 +95,7 @@ def _budget_transport(connection_timeout: float, read_timeout: float) -> Any:
     budget it is the plain transport.) Every SDK here sends each attempt through its transport."""
     from azure.core.pipeline.transport import RequestsTransport
 
-    class BudgetTransport(RequestsTransport):
+    class BudgetTransport(RequestsTransport):  # type: ignore[misc]  # azure-core's transports are untyped
         def send(self, request: Any, **kwargs: Any) -> Any:
             current = _BUDGET.get()
             if current is not None:
@@ -114,12 +114,12 @@ def _storage_retry(service: str) -> Any:
     SDK's default first retry waits 15 s; a refresh trigger should recover within seconds), waiting
     through the active budget. (Child clients wrap the transport, so the wait is bounded here, in the
     policy, not in the transport.)"""
-    if service == "blob":
-        from azure.storage.blob import ExponentialRetry
-    else:
-        from azure.storage.queue import ExponentialRetry
+    from azure.storage.blob import ExponentialRetry as BlobRetry
+    from azure.storage.queue import ExponentialRetry as QueueRetry
 
-    class BudgetRetry(ExponentialRetry):
+    base: type[Any] = BlobRetry if service == "blob" else QueueRetry
+
+    class BudgetRetry(base):  # type: ignore[misc]
         def sleep(self, settings: Any, transport: Any) -> None:
             _budget_sleep(self.get_backoff_time(settings), lambda: super(BudgetRetry, self).sleep(settings, transport))
 
@@ -142,7 +142,8 @@ def _table_service_class() -> Any:
             policies = super()._configure_policies(**kwargs)
             if not any(type(p) is TablesRetryPolicy for p in policies):
                 raise RuntimeError("azure-data-tables no longer builds a TablesRetryPolicy (refresh.core.connections)")
-            return [BudgetTablesRetry(**kwargs) if type(p) is TablesRetryPolicy else p for p in policies]
+            retry: Any = BudgetTablesRetry  # TablesRetryPolicy.__init__ is untyped
+            return [retry(**kwargs) if type(p) is TablesRetryPolicy else p for p in policies]
 
     return BudgetTableServiceClient
 
@@ -202,13 +203,17 @@ def _client(name: str, service: str, timeout: float, env: Mapping[str, str] | No
     kwargs.setdefault("transport", _budget_transport(kwargs["connection_timeout"], kwargs["read_timeout"]))
     if service in ("blob", "queue"):
         kwargs.setdefault("retry_policy", _storage_retry(service))
+    cls: Any
     if service == "blob":
-        from azure.storage.blob import BlobServiceClient as cls
+        from azure.storage.blob import BlobServiceClient
 
+        cls = BlobServiceClient
         # Stream commits in small pieces: the SDK's default first GET is 32 MiB.
         kwargs.update(max_single_get_size=4 * 1024 * 1024, max_chunk_get_size=4 * 1024 * 1024)
     elif service == "queue":
-        from azure.storage.queue import QueueServiceClient as cls
+        from azure.storage.queue import QueueServiceClient
+
+        cls = QueueServiceClient
     else:
         cls = _table_service_class()
     conn = env.get(name)

@@ -96,7 +96,7 @@ class App:
         outcomes = self.outcomes
 
         def joined(key: str, job: Any) -> None:
-            def merged(row: dict) -> dict | None:
+            def merged(row: dict[str, Any]) -> dict[str, Any] | None:
                 if row.get("status") in END_STATES:
                     return None
                 return {"triggers": job.triggers, "requested_by": job.requested_by, "reasons": job.reasons,

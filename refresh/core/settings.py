@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from refresh.core.validation import unicode_problem
@@ -165,7 +166,7 @@ class Settings:
         )
 
 
-def _number(raw: Callable[[str], str], name: str, kind: type, low: float, high: float):
+def _number(raw: Callable[[str], str], name: str, kind: type[Any], low: float, high: float) -> Any:
     text = raw(name)
     try:
         value = kind(text)

@@ -43,7 +43,7 @@ def get_json(entity: Any, name: str, default: Any = None) -> Any:
     return json.loads(text) if text else default
 
 
-def put_json(entity: dict, name: str, data: Any) -> None:
+def put_json(entity: dict[str, Any], name: str, data: Any) -> None:
     """Store ``data`` as JSON in ``entity`` (chunked); removes stale chunks by writing empties."""
     text = json.dumps(data, separators=(",", ":"), sort_keys=True)
     old = int(value(entity, f"{name}_n", 0) or 0)
@@ -62,7 +62,7 @@ def get_entity(table: Any, pk: str, rk: str) -> Any | None:
         return None
 
 
-def write(table: Any, entity: dict, etag: str | None) -> str:
+def write(table: Any, entity: dict[str, Any], etag: str | None) -> str:
     """Create (``etag`` None) or replace guarded by ``etag``; raise :class:`Conflict` if someone was first.
 
     Returns the new ETag.
@@ -77,7 +77,7 @@ def write(table: Any, entity: dict, etag: str | None) -> str:
         raise Conflict(str(exc).splitlines()[0]) from None
     except ResourceNotFoundError:
         raise Conflict("entity was deleted meanwhile") from None
-    return meta.get("etag")
+    return str(meta.get("etag"))
 
 
 def delete(table: Any, pk: str, rk: str, etag: str) -> None:

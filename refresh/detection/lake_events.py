@@ -75,7 +75,7 @@ def _path_style(host: str) -> bool:
         return False
 
 
-def hint_from_event(event_type: str, subject: str | None, data: Mapping[str, Any] | None,
+def hint_from_event(event_type: str | None, subject: str | None, data: Mapping[str, Any] | None,
                     container: str) -> Hint | None:
     """Hint from an Event Grid storage event, or None if it is not about a gold commit."""
     if not isinstance(data, Mapping):

@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from refresh.core.clock import iso
 from refresh.core.validation import DATASET_KEY_RE, JOB_ID_RE, first_bad_string
@@ -153,7 +153,13 @@ def queue_client(service: Any, name: str) -> Any:
     )
 
 
-def send(queue: Any, message: JobMessage, delay_seconds: float = 0) -> None:
+class Encodable(Protocol):
+    """A queue message of any type (a job or check, or an alert: refresh/monitoring/alerts.py)."""
+
+    def encode(self) -> str: ...
+
+
+def send(queue: Any, message: Encodable, delay_seconds: float = 0) -> None:
     """Put ``message`` on ``queue``, invisible for ``delay_seconds`` (the debounce or a back-off)."""
     queue.send_message(message.encode(), visibility_timeout=visibility_seconds(delay_seconds),
                        time_to_live=-1)

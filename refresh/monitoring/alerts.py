@@ -207,7 +207,7 @@ class AlertStore:
     def get(self, alert_id: str) -> Any | None:
         return tables.get_entity(self.table, PK_ALERT, alert_id)
 
-    def update(self, alert_id: str, change: Callable[[dict], dict | None]) -> dict | None:
+    def update(self, alert_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
         """Read-modify-write ETag-guarded; ``change`` returns the fields to set (None: no change)."""
         for _ in range(MAX_CONFLICT_RETRIES):
             entity = self.get(alert_id)
@@ -348,7 +348,7 @@ class Alerter:
         lease = timedelta(seconds=2 * self.settings.timeout + 30)
         claimed: dict[str, Any] = {}
 
-        def claim(row: dict) -> dict | None:
+        def claim(row: dict[str, Any]) -> dict[str, Any] | None:
             claimed.clear()
             if row.get("status") in DONE:
                 claimed["state"] = "duplicate"
@@ -435,7 +435,7 @@ class Alerter:
         delay = min(FIRST_RETRY_SECONDS * 2 ** (attempts - 1), MAX_RETRY_SECONDS) * (0.8 + 0.4 * self.rng.random())
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_SECONDS))
-        return round(delay, 1)
+        return float(round(delay, 1))
 
     @staticmethod
     def _log(alert_id: str, event: str, dataset: str, outcome: str, attempt: int, http_status: int | None,

@@ -161,7 +161,7 @@ class FreshnessRecord:
         """The record stored on a dataset state entity (an empty one if there is none)."""
         return cls.from_json(tables.get_json(entity, PROPERTY))
 
-    def to_entity(self, entity: dict) -> None:
+    def to_entity(self, entity: dict[str, Any]) -> None:
         """Store the record on ``entity`` (a dict about to be written ETag-guarded)."""
         tables.put_json(entity, PROPERTY, self.to_json())
 
@@ -404,7 +404,8 @@ class AlertEvent:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AlertEvent:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        values: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
+        return cls(**values)
 
 
 def event_id(dataset: str, event: str, key: str) -> str:

@@ -47,7 +47,7 @@ from refresh.monitoring.freshness import (
 log = logging.getLogger(__name__)
 
 
-def note_commits(entity: dict, table: str, commits: Sequence[CommitTime]) -> bool:
+def note_commits(entity: dict[str, Any], table: str, commits: Sequence[CommitTime]) -> bool:
     """Add ``commits`` of ``table`` to the freshness record on ``entity`` (a dict about to be written)."""
     record = FreshnessRecord.from_entity(entity)
     if not record_commits(record, table, commits):
@@ -162,7 +162,7 @@ class FreshnessTracker:
             self.states.update(dataset, lambda entity: note_commits(entity, table, commits))
 
     # worker ----------------------------------------------------------------------------------------
-    def note_outcome(self, entity: dict, dataset: str, result: RefreshResult,
+    def note_outcome(self, entity: dict[str, Any], dataset: str, result: RefreshResult,
                      now: datetime | None = None) -> list[AlertEvent]:
         """Apply a job's end to the record on ``entity`` (a dict about to be written); returns the events.
 
@@ -178,7 +178,7 @@ class FreshnessTracker:
         """A job ended: update what the model contains and the alert state, then send the events."""
         events: list[AlertEvent] = []
 
-        def mutate(entity: dict) -> bool:
+        def mutate(entity: dict[str, Any]) -> bool:
             if result.job_id in FreshnessRecord.from_entity(entity).state.handled_jobs:
                 events.clear()
                 return False
@@ -228,7 +228,7 @@ class FreshnessTracker:
         what is stored now. Returns the events and the entity as written (None: not known)."""
         events: list[AlertEvent] = []
 
-        def apply(data: dict) -> bool:
+        def apply(data: dict[str, Any]) -> bool:
             record = FreshnessRecord.from_entity(data)
             events[:] = transition(record, dataset=key, slo_seconds=self.slo_seconds(key), now=now,
                                    facts=self.facts(key))
@@ -265,7 +265,7 @@ class FreshnessTracker:
                       len(events), type(exc).__name__, str(exc).split("\n")[0][:300])
             return 0
 
-        def remove(entity: dict) -> bool:
+        def remove(entity: dict[str, Any]) -> bool:
             current = FreshnessRecord.from_entity(entity)
             if not take_outbox(current, sent):
                 return False

@@ -156,7 +156,9 @@ def configure_from_env(env: Mapping[str, str] | None = None,
         if credential is not None:
             kwargs["credential"] = credential
         if configure is None:
-            from azure.monitor.opentelemetry import configure_azure_monitor as configure
+            from azure.monitor.opentelemetry import configure_azure_monitor
+
+            configure = configure_azure_monitor
         configure(**kwargs)
         log.info("metrics: exporting to Application Insights%s", " (Entra ID auth)" if credential else "")
         return True

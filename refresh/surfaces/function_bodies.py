@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refresh.core.context import get_app
 from refresh.detection import lake_events as events
+
+if TYPE_CHECKING:
+    import azure.functions as func
 
 log = logging.getLogger(__name__)
 
@@ -198,42 +201,42 @@ def freshness_tick(app: Any) -> None:
                  len(report.events), report.flushed)
 
 
-def request_refresh(req: Any) -> Any:
+def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP POST /api/refreshes (refresh/surfaces/http_api.py)."""
     from refresh.surfaces import http_api as api
 
     return api.request_refresh(req)
 
 
-def get_refresh(req: Any) -> Any:
+def get_refresh(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP GET /api/refreshes/{job_id}."""
     from refresh.surfaces import http_api as api
 
     return api.get_refresh(req)
 
 
-def list_datasets(req: Any) -> Any:
+def list_datasets(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP GET /api/datasets."""
     from refresh.surfaces import http_api as api
 
     return api.list_datasets(req)
 
 
-def dataset_history(req: Any) -> Any:
+def dataset_history(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP GET /api/datasets/{key}/history."""
     from refresh.surfaces import http_api as api
 
     return api.dataset_history(req)
 
 
-def health(req: Any) -> Any:
+def health(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP GET /api/health."""
     from refresh.surfaces import http_api as api
 
     return api.health(req)
 
 
-def status_page(req: Any) -> Any:
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
     """HTTP GET /api/status (HTML)."""
     from refresh.surfaces import http_api as api
 

@@ -197,13 +197,14 @@ def request_refresh(req: func.HttpRequest) -> func.HttpResponse:
     app = get_app()
     config = app.config
     if by_names:
+        assert isinstance(workspace, str) and isinstance(dataset, str)  # checked above: both texts
         key = next((k for k, ds in config.datasets.items()
                     if ds.workspace.lower() == workspace.lower() and ds.dataset.lower() == dataset.lower()),
                    None) or adhoc_key(workspace, dataset)
         if key not in config.datasets:
             _check_adhoc_allowed(app, workspace, dataset)
     else:
-        key = dataset
+        key = str(dataset)
         if key not in config.datasets:
             raise ApiError(404, "unknown_dataset", f"no dataset with key {key!r} is configured; give \"workspace\" "
                                                    "and the dataset's name or id to refresh one that is not")
@@ -388,7 +389,7 @@ def _durations(recent: list[dict[str, Any]]) -> dict[str, Any]:
             "completed_counted": len(values)}
 
 
-def daily_limit(ds: Any, running: dict | None, rows: list[dict[str, Any]]) -> tuple[int | None, str]:
+def daily_limit(ds: Any, running: dict[str, Any] | None, rows: list[dict[str, Any]]) -> tuple[int | None, str]:
     """``(limit or None for unlimited, where it comes from)`` without asking Power BI: the config, else
     the capacity seen by the latest refresh (enhanced refreshes run on dedicated capacity)."""
     if ds.daily_limit is not None:
@@ -417,8 +418,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     try:
         app = get_app()
     except (SettingsError, ConfigError) as exc:
-        checks = {"settings": {"ok": False, "error": str(exc)}}
-        return json_response({"status": "unhealthy", "checks": checks}, 503)
+        return json_response({"status": "unhealthy", "checks": {"settings": {"ok": False, "error": str(exc)}}}, 503)
     probes: dict[str, Callable[[], dict[str, Any]]] = {
         "config": lambda: _check_config(app), "storage": lambda: _check_storage(app),
         "powerbi": lambda: _check_token(app), "lake": lambda: lake_check.check_lake(app.settings, app.env).to_dict()}
@@ -430,8 +430,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         for name, future in futures.items():
             if not future.done():
                 checks[name] = {"ok": False, "error": f"no answer within {HEALTH_TIMEOUT_SECONDS:.0f} s"}
-            elif future.exception() is not None:
-                checks[name] = {"ok": False, "error": _short_error(future.exception())}
+            elif (error := future.exception()) is not None:
+                checks[name] = {"ok": False, "error": _short_error(error)}
             else:
                 checks[name] = future.result()
     finally:

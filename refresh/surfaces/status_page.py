@@ -36,7 +36,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     Status.COMPLETED: "#2e7d32",
     Status.FAILED: "#c62828",
     Status.TIMED_OUT: "#e65100",
@@ -484,9 +484,9 @@ def render_dataset(key: str, summary: dict[str, Any] | None, rows: list[dict[str
     history = []
     for row in rows:
         message = row.get("error_message") or row.get("detail")
-        sources = row.get("sources") or {}
+        row_sources = row.get("sources") or {}
         source_text = _list(f"{t} v{s.get('first_version')}-{s.get('last_version')}" if isinstance(s, dict) else t
-                            for t, s in sources.items()) if isinstance(sources, dict) else ""
+                            for t, s in row_sources.items()) if isinstance(row_sources, dict) else ""
         history.append(
             f'<tr class="outcome" data-status="{esc(row.get("status"))}">'
             f"<td>{fmt_when(row.get('queued_at'), now)}</td><td>{badge(row.get('status'))}</td>"
