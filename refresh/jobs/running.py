@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core.clock import iso, parse_iso
-from refresh.jobs.pending import PendingJob
+from refresh.jobs.job_model import PendingJob
 
 MAX_MODEL_TABLES = 200   # more than this: refresh the whole model
 MAX_LIST = 20            # triggers, requesters, reasons kept per job
