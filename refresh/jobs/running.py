@@ -30,6 +30,7 @@ from typing import Any
 
 from refresh.core.clock import iso, parse_iso
 from refresh.jobs.job_model import PendingJob
+from refresh.jobs.outcomes import RowFields
 
 MAX_MODEL_TABLES = 200   # more than this: refresh the whole model
 MAX_LIST = 20            # triggers, requesters, reasons kept per job
@@ -125,7 +126,7 @@ def capped_job(job: PendingJob) -> PendingJob:
     return capped
 
 
-def row_fields(running: RunningJob) -> dict[str, Any]:
+def row_fields(running: RunningJob) -> RowFields:
     """The outcome-row fields that describe a running job (names, what it refreshes, why)."""
     job = running.job
     return {"workspace_id": running.workspace_id, "workspace_name": running.workspace_name,
