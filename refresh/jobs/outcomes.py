@@ -99,6 +99,9 @@ class RowFields(TypedDict, total=False):
     adopted: bool
     adopted_reason: str | None
     powerbi_duration_seconds: float | None
+    next_attempt_at: str | None   # a job waiting for a retry: when it is tried again
+    message_id: str               # a rejected message: its queue id and (cut) body
+    message_body: str
 
 
 @dataclass
@@ -136,6 +139,7 @@ class OutcomeRow:
     adopted: bool = False
     adopted_reason: str | None = None
     powerbi_duration_seconds: float | None = None
+    next_attempt_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
