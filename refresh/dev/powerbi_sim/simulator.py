@@ -1,8 +1,11 @@
 """``PowerBISimulator``: a loopback stand-in for the Power BI REST API and a managed-identity endpoint.
 
-For tests and the local runtime only: it listens on 127.0.0.1 (port 0 = any free port) and keeps
-everything in memory. It answers like the service, in the shapes of the official swagger
-(``tests/data/powerbi-swagger.json``), including its rough edges (see shared/notes/powerbi-api.md):
+This module is the HTTP side (server, identity endpoint, admin endpoints); the service's state and
+behaviours are :class:`refresh.dev.powerbi_sim.service.SimulatedService`, its records
+:mod:`refresh.dev.powerbi_sim.records`. For tests and the local runtime only: it listens on
+127.0.0.1 (port 0 = any free port) and keeps everything in memory. It answers like the service, in
+the shapes of the official swagger (``tests/data/powerbi-swagger.json``), including its rough edges
+(see shared/notes/powerbi-api.md):
 
 * ``GET groups`` with OData ``$filter`` (``name eq '...'`` / ``id eq '...'`` with doubled
   apostrophes, ``contains(name,'...')``, joined by ``or``/``and``), ``$top``, ``$skip``;
