@@ -198,7 +198,8 @@ class DatasetConfig:
         """``(listens, model tables)`` for a change to ``table_path``: the union of the model tables
         of every matching source, or None (the whole model) if any matching source has no
         ``model_tables``. ``(False, frozenset())`` when no source matches."""
-        listens, whole, tables = False, False, set()
+        listens, whole = False, False
+        tables: set[str] = set()
         for source in self.sources:
             if source.matches(table_path):
                 listens = True

@@ -68,6 +68,11 @@ class SimulatedService:
         self._faults: list[Fault] = []
         self._outcomes: dict[str, list[Outcome]] = {}
 
+    @property
+    def base_url(self) -> str:
+        """The API's base URL (``@odata.context``, ``Location``): known to the HTTP side, which overrides this."""
+        raise NotImplementedError("the service's URL is known once it is served (PowerBISimulator)")
+
     # -- time --------------------------------------------------------------------------------
 
     def clock(self) -> float:
