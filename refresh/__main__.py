@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "check-config":
-        from refresh.core.routing import check_config_main
+        from refresh.surfaces.check_config import check_config_main
 
         return check_config_main(rest)
     if command == "explain":

@@ -1,4 +1,4 @@
-"""The routing configuration (refresh/core/routing.py): validation, globs, routing, the check-config command."""
+"""The routing configuration (refresh/core/routing*.py): validation, globs, routing; the check-config command."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from refresh.core.routing import (
     RefreshOptions,
     RoutingConfig,
     Source,
-    check_config_main,
-    describe,
     load_config,
     parse_config,
 )
+from refresh.surfaces.check_config import check_config_main, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from refresh.core.routing import MAX_SLO_MINUTES, ConfigError, describe, parse_config
+from refresh.core.routing import MAX_SLO_MINUTES, ConfigError, parse_config
+from refresh.surfaces.check_config import describe
 
 
 def _config(**extra: object) -> dict:

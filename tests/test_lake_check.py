@@ -14,9 +14,9 @@ import pytest
 
 from refresh.core.context import App, set_app
 from refresh.core.lake_check import check_config_lake, check_lake
-from refresh.core.routing import check_config_main
 from refresh.core.settings import Settings
 from refresh.dev.testing.harness import storage_env
+from refresh.surfaces.check_config import check_config_main
 from tests.test_api import answer, http
 
 KEY = "a" * 86 + "=="

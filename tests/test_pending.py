@@ -250,6 +250,6 @@ def test_an_unreadable_running_entry_is_never_joined(world):
         return True
 
     world.app.states.update("sales", garble)
-    assert running_of(world.entity()).job is None
+    assert running_of(world.entity()) is None  # unreadable: no running job to join
     answer = json.loads(world.post({"dataset": "sales"}, who="user1").get_body())
     assert answer["joined"] is False

@@ -47,3 +47,25 @@ def test_capped_job_widens_to_the_whole_model_and_cuts_lists():
     assert capped.whole_model and capped.model_tables == [] and capped.objects() is None
     assert len(capped.reasons) == MAX_LIST and all(len(r) <= 500 for r in capped.reasons)
     assert len(job.model_tables) == MAX_MODEL_TABLES + 1  # the original is untouched
+
+
+def test_what_a_post_asked_for_and_the_post_log_are_typed_and_read_from_older_records():
+    from refresh.jobs.running import Posted, PostLog
+
+    claim = new_claim(_job(), NOW, enhanced=True, timeout_minutes=30, daily_limit=None, attempts=0,
+                      names={"workspace_id": "w", "workspace_name": "W", "dataset_id": "d", "dataset_name": "D"})
+    claim.posted = Posted(type="Full", tables=("Orders",))
+    claim.unsure("2026-11-21T12:00:05.000Z", "no answer")
+    data = claim.to_dict()
+    assert data["posted"] == data["unsure_posted"] == {"type": "Full", "tables": ["Orders"]}  # the stored shape
+    assert RunningJob.from_dict(data) == claim
+    log = PostLog.of(claim)
+    assert PostLog.from_dict(log.to_dict()) == log
+    older = {"job_id": claim.job_id, "unsure_since": "2026-11-21T12:00:05.000Z", "unsure_reason": "no answer",
+             "busy_tries": "2", "unsure_posted": {"type": "Full", "tables": ["Orders"]}}
+    again = new_claim(_job(), NOW, enhanced=True, timeout_minutes=30, daily_limit=None, attempts=0,
+                      names={"workspace_id": "w", "workspace_name": "W", "dataset_id": "d", "dataset_name": "D"})
+    PostLog.from_dict(older).carry_into(again)
+    assert (again.unsure_since, again.busy_tries, again.unsure_posted) == (
+        "2026-11-21T12:00:05.000Z", 2, Posted(type="Full", tables=("Orders",)))
+    assert PostLog.from_dict(None) is None and Posted.from_dict("garbled") is None

@@ -50,20 +50,21 @@ class Watermark:
         tables.put_json(entity, "colmap", self.column_mapping)
         return entity
 
-
-def from_entity(entity: Any) -> Watermark:
-    error_version = tables.value(entity, "error_version", -1)
-    return Watermark(
-        table=entity.get("table") or tables.from_row_key(entity["RowKey"]),
-        version=int(tables.value(entity, "version")),
-        etag=entity.metadata.get("etag"),
-        error=entity.get("error", "") or "",
-        error_version=None if error_version in (None, -1) else int(error_version),
-        gap=entity.get("gap", "") or "",
-        column_mapping=tables.get_json(entity, "colmap", {}) or {},
-        extra={k: entity[k] for k in ("error_at",) if k in entity},
-        checked=entity.get("checked") is True,
-    )
+    @classmethod
+    def from_entity(cls, entity: Any) -> Watermark:
+        """The watermark a stored entity holds (its ETag kept for the guarded write)."""
+        error_version = tables.value(entity, "error_version", -1)
+        return cls(
+            table=entity.get("table") or tables.from_row_key(entity["RowKey"]),
+            version=int(tables.value(entity, "version")),
+            etag=entity.metadata.get("etag"),
+            error=entity.get("error", "") or "",
+            error_version=None if error_version in (None, -1) else int(error_version),
+            gap=entity.get("gap", "") or "",
+            column_mapping=tables.get_json(entity, "colmap", {}) or {},
+            extra={k: entity[k] for k in ("error_at",) if k in entity},
+            checked=entity.get("checked") is True,
+        )
 
 
 class Watermarks:
@@ -74,7 +75,7 @@ class Watermarks:
 
     def get(self, table_path: str) -> Watermark | None:
         entity = tables.get_entity(self.table, PK_WATERMARK, tables.row_key(table_path))
-        return from_entity(entity) if entity is not None else None
+        return Watermark.from_entity(entity) if entity is not None else None
 
     def all(self, also: str | None = None) -> tuple[dict[str, Watermark], list[Any]]:
         """Every stored watermark in one query (pages of up to 1,000 entities).
@@ -85,7 +86,7 @@ class Watermarks:
         found, others = {}, []
         for entity in self.table.query_entities(query):
             if entity["PartitionKey"] == PK_WATERMARK:
-                mark = from_entity(entity)
+                mark = Watermark.from_entity(entity)
                 found[mark.table] = mark
             else:
                 others.append(entity)

@@ -16,7 +16,7 @@ from refresh.core.clock import Clock, iso, parse_iso
 from refresh.jobs import messages, summaries
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
 from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
-from refresh.jobs.running import MAX_LIST, RunningJob, capped_job, row_fields
+from refresh.jobs.running import MAX_LIST, PostLog, RunningJob, capped_job, row_fields
 from refresh.powerbi import errors as pbi_errors
 
 log = logging.getLogger("refresh.jobs.worker")
@@ -193,10 +193,7 @@ class Endings:
             job.due_at = iso(now + timedelta(seconds=delay))
             tables.put_json(data, "running", None)
             tables.put_json(data, "pending", capped_job(job).to_dict())
-            tables.put_json(data, "post_log", {"job_id": job.job_id, "unsure_since": running.unsure_since,
-                                               "unsure_reason": running.unsure_reason,
-                                               "busy_tries": running.busy_tries,
-                                               "unsure_posted": running.unsure_posted})
+            tables.put_json(data, "post_log", PostLog.of(running).to_dict())
             data["enqueued"] = True
             return True
 

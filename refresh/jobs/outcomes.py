@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from refresh.core import storage as tables
 from refresh.core.clock import iso, parse_iso
@@ -68,6 +69,110 @@ COLUMNS = (
 JSON_COLUMNS = ("sources", "model_tables", "requested_by", "triggers", "reasons", "messages")
 
 
+class RowFields(TypedDict, total=False):
+    """The columns a writer may set on an outcome row, typed: what the worker passes to
+    :meth:`Outcomes.create` and returns from an :meth:`Outcomes.update` change (JSON columns as Python
+    values; None clears a column)."""
+
+    status: str
+    detail: str | None
+    trigger: str
+    triggers: list[str]
+    requested_by: list[str]
+    reasons: list[str]
+    sources: dict[str, dict[str, int]]
+    model_tables: list[str]
+    workspace_id: str
+    workspace_name: str
+    dataset_id: str
+    dataset_name: str
+    refresh_type: str
+    request_id: str | None
+    attempts: int
+    due_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    error_code: str | None
+    error_message: str | None
+    messages: list[str]
+    adopted: bool
+    adopted_reason: str | None
+    powerbi_duration_seconds: float | None
+    next_attempt_at: str | None   # a job waiting for a retry: when it is tried again
+    message_id: str               # a rejected message: its queue id and (cut) body
+    message_body: str
+
+
+@dataclass
+class OutcomeRow:
+    """One outcome row, typed (read with :meth:`from_entity`, written with :meth:`to_entity`).
+
+    ``extra`` keeps columns this version does not know (written by a newer one), so nothing is lost.
+    """
+
+    job_id: str
+    dataset_key: str
+    status: Status | str
+    queued_at: str | None = None
+    detail: str | None = None
+    trigger: str | None = None
+    triggers: list[str] = field(default_factory=list)
+    requested_by: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    sources: dict[str, Any] = field(default_factory=dict)
+    model_tables: list[str] = field(default_factory=list)
+    workspace_id: str | None = None
+    workspace_name: str | None = None
+    dataset_id: str | None = None
+    dataset_name: str | None = None
+    refresh_type: str | None = None
+    request_id: str | None = None
+    attempts: int = 0
+    due_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_seconds: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    messages: list[str] = field(default_factory=list)
+    adopted: bool = False
+    adopted_reason: str | None = None
+    powerbi_duration_seconds: float | None = None
+    next_attempt_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_end(self) -> bool:
+        """Whether the row is in an end state (no later write changes it)."""
+        return self.status in END_STATES
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> OutcomeRow:
+        """The row a stored entity holds (JSON columns decoded, empty values as defaults)."""
+        public = to_public(entity)
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in public.items() if k in known and v is not None}
+        status = values.get("status")
+        if isinstance(status, str) and status in Status._value2member_map_:
+            values["status"] = Status(status)
+        extra = {k: v for k, v in public.items() if k not in known and k != "dataset" and v is not None}
+        values.setdefault("job_id", "")
+        values.setdefault("dataset_key", "")
+        values.setdefault("status", "")
+        return cls(**values, extra=extra)
+
+    def to_entity(self) -> dict[str, Any]:
+        """The row as stored: keys of the table, values within Table Storage's limits."""
+        created = parse_iso(self.queued_at) if self.queued_at else None
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data["status"] = str(self.status)
+        row = {"PartitionKey": self.dataset_key,
+               "RowKey": row_key_for(created, self.job_id) if created is not None else self.job_id}
+        row.update(_flatten({**self.extra, **data}))
+        return row
+
+
 def row_key_for(created: datetime, job_id: str) -> str:
     ms = int(created.timestamp() * 1000)
     return f"{_MAX_MS - ms:013d}-{job_id}"
@@ -81,12 +186,12 @@ class Outcomes:
         self.index = index_table
         self._where: dict[str, tuple[str, str]] = {}  # job id -> (PartitionKey, RowKey); never changes
 
-    def create(self, dataset: str, job_id: str, created: datetime, fields: dict[str, Any]) -> dict[str, Any]:
+    def create(self, dataset: str, job_id: str, created: datetime, fields: RowFields) -> dict[str, Any]:
         """Create the row of a new job (idempotent: an existing row is returned unchanged)."""
         rk = row_key_for(created, job_id)
         row = {"PartitionKey": dataset, "RowKey": rk, "job_id": job_id, "dataset_key": dataset,
                "queued_at": iso(created), "attempts": 0}
-        row.update(_flatten(fields))
+        row.update(_flatten(dict(fields)))
         try:
             tables.write(self.index, {"PartitionKey": PK_JOB_INDEX, "RowKey": job_id, "dataset": dataset,
                                       "row": rk}, None)
@@ -112,6 +217,14 @@ class Outcomes:
             self._where[job_id] = where
         return where
 
+    def get_row(self, job_id: str) -> OutcomeRow | None:
+        """The job's row, typed (None: no row)."""
+        where = self.locate(job_id)
+        if where is None:
+            return None
+        entity = tables.get_entity(self.table, *where)
+        return OutcomeRow.from_entity(entity) if entity else None
+
     def get(self, job_id: str) -> dict[str, Any] | None:
         where = self.locate(job_id)
         if where is None:
@@ -119,7 +232,7 @@ class Outcomes:
         entity = tables.get_entity(self.table, *where)
         return to_public(entity) if entity else None
 
-    def update(self, dataset: str, job_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> (
+    def update(self, dataset: str, job_id: str, change: Callable[[dict[str, Any]], RowFields | None]) -> (
             dict[str, Any] | None):
         """Read-modify-write the job's row, ETag-guarded; ``change`` returns the fields to set."""
         where = self.locate(job_id)
@@ -129,11 +242,11 @@ class Outcomes:
             entity = tables.get_entity(self.table, *where)
             if entity is None:
                 return None
-            fields = change(dict(entity))
-            if not fields:
+            changed = change(dict(entity))
+            if not changed:
                 return dict(entity)
             data = dict(entity)
-            data.update(_flatten(fields))
+            data.update(_flatten(dict(changed)))
             try:
                 tables.write(self.table, data, entity.metadata["etag"])
                 return data

@@ -29,17 +29,23 @@ remainder of the wait (refresh/jobs/worker.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.jobs import messages
+from refresh.jobs.job_model import (
+    PendingJob,
+    SourceChange,
+    add_unique,
+    bound,
+)
+from refresh.jobs.running import RunningJob
 from refresh.monitoring.freshness import CommitTime, FreshnessRecord, record_commits
 
 log = logging.getLogger(__name__)
@@ -47,65 +53,6 @@ log = logging.getLogger(__name__)
 PK_DATASET = "dataset"
 MAX_CONFLICT_RETRIES = 20
 
-# What one job may hold. A job is stored twice in its dataset's entity (``pending``, then ``running``)
-# and its lists once more in single properties of its outcome row. Table Storage holds at most 1 MB
-# per entity and 64 KB per property, strings counted in UTF-16; what is stored is JSON with non-ASCII
-# escaped (``\\uXXXX``, 12 characters for an emoji), so budgets count characters of that text.
-MAX_JOB_MODEL_TABLES = 100
-MAX_JOB_REQUESTERS = 20
-MAX_JOB_REASONS = 20
-MAX_JOB_TRIGGERS = 10
-MAX_REASON_LENGTH = 500
-MAX_REQUESTER_LENGTH = 256
-MODEL_TABLES_BUDGET = 16_000   # stored characters (32 KB in UTF-16); over it the job widens to the whole model
-REASONS_BUDGET = 12_000
-REQUESTERS_BUDGET = 6_000
-OMITTED_NOTE = "(+{n} more requester(s) or reason(s) not listed: a job lists at most what fits its caps)"
-
-
-@dataclass
-class SourceChange:
-    """What one source table contributed to a job."""
-
-    first_version: int
-    last_version: int
-    commits: int
-
-
-@dataclass
-class PendingJob:
-    """A refresh waiting to run for one dataset."""
-
-    job_id: str
-    trigger: str                      # first trigger: commit | schedule | manual
-    created_at: str
-    last_change_at: str
-    due_at: str
-    whole_model: bool = False
-    model_tables: list[str] = field(default_factory=list)
-    sources: dict[str, SourceChange] = field(default_factory=dict)
-    triggers: list[str] = field(default_factory=list)
-    requested_by: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    refresh_type: str | None = None   # manual override of the enhanced refresh type
-    workspace: str | None = None      # for ad-hoc (unconfigured) datasets
-    dataset: str | None = None
-    scheduled_for: str | None = None
-    omitted: int = 0                  # requesters/reasons not listed because of the caps
-
-    def to_dict(self) -> dict[str, Any]:
-        """The job as stored, within the caps (:func:`bound`), whoever built or merged it."""
-        return bound(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PendingJob:
-        data = dict(data)
-        data["sources"] = {t: SourceChange(**s) for t, s in data.get("sources", {}).items()}
-        return cls(**data)
-
-    def objects(self) -> list[str] | None:
-        """Model tables to refresh, or None for the whole model."""
-        return None if self.whole_model or not self.model_tables else list(self.model_tables)
 
 
 @dataclass(frozen=True)
@@ -138,72 +85,75 @@ class Recorded:
     joined: str | None = None  # "pending" or "running": the job this request joined (None when created)
 
 
-@dataclass(frozen=True)
-class RunningJob:
-    """What detection and requests need of the job holding a dataset's lease (``running``, written by
-    refresh/jobs/worker.py), read defensively: any field may be missing or of another shape."""
-
-    job_id: str
-    job: PendingJob | None            # None when the stored job cannot be read
-    lease_until: datetime | None
-    started_at: str | None
-    refresh_id: str | None
-
-
 def running_of(entity: Any | None) -> RunningJob | None:
-    """The dataset's running job, or None (none, or unreadable)."""
+    """The dataset's running job (the lease), read defensively: None when there is none or when the
+    stored record cannot be read (then nothing joins it; the worker deals with the record itself)."""
     try:
         data = tables.get_json(entity, "running")
     except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
         return None
-    job = None
-    if isinstance(data.get("job"), dict):
-        known = {f for f in PendingJob.__dataclass_fields__}
-        try:
-            job = PendingJob.from_dict({k: v for k, v in data["job"].items() if k in known})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            job = None
-    lease_until = None
-    if isinstance(data.get("lease_until"), str):
-        try:
-            lease_until = parse_iso(data["lease_until"])
-        except ValueError:
-            lease_until = None
-
-    def text(name: str) -> str | None:
-        value = data.get(name)
-        return value if isinstance(value, str) and value else None
-
-    return RunningJob(job_id=data["job_id"], job=job, lease_until=lease_until, started_at=text("started_at"),
-                      refresh_id=text("refresh_id"))
+    try:
+        running = RunningJob.from_dict(data)
+        parse_iso(running.lease_until)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    return running
 
 
-def running_joins(entity: Any | None, job_id: str) -> dict[str, Any]:
-    """Who joined the running job ``job_id`` (``running_joins``: triggers, requested_by, reasons, omitted).
+@dataclass
+class RunningJoins:
+    """Who joined the running job ``job_id`` since it was claimed (the ``running_joins`` property).
 
     Kept apart from ``running`` (which the worker rewrites from its own copy) so no join is lost.
     """
+
+    job_id: str
+    triggers: list[str] = field(default_factory=list)
+    requested_by: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    omitted: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored, within a job's caps (:func:`bound`)."""
+        capped = bound({"triggers": self.triggers, "requested_by": self.requested_by, "reasons": self.reasons,
+                        "omitted": self.omitted, "whole_model": True})
+        return {"job_id": self.job_id, "triggers": capped["triggers"], "requested_by": capped["requested_by"],
+                "reasons": capped["reasons"], "omitted": capped["omitted"]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunningJoins:
+        def texts(name: str) -> list[str]:
+            value = data.get(name)
+            return [str(v) for v in value] if isinstance(value, list) else []
+
+        omitted = data.get("omitted")
+        return cls(job_id=str(data["job_id"]), triggers=texts("triggers"), requested_by=texts("requested_by"),
+                   reasons=texts("reasons"), omitted=omitted if isinstance(omitted, int) else 0)
+
+
+def running_joins(entity: Any | None, job_id: str) -> RunningJoins:
+    """Who joined the running job ``job_id`` (nobody when the stored joins are of another job or unreadable)."""
     try:
         data = tables.get_json(entity, "running_joins")
     except ValueError:
         data = None
     if not isinstance(data, dict) or data.get("job_id") != job_id:
-        return {"job_id": job_id, "triggers": [], "requested_by": [], "reasons": [], "omitted": 0}
-    return data
+        return RunningJoins(job_id=job_id)
+    return RunningJoins.from_dict(data)
 
 
 def joined_running_job(entity: Any | None) -> PendingJob | None:
     """The running job with everyone who joined it since it was claimed (for its outcome row)."""
     running = running_of(entity)
-    if running is None or running.job is None:
+    if running is None:
         return None
     job = PendingJob.from_dict(running.job.to_dict())
     joins = running_joins(entity, running.job_id)
     for name in ("triggers", "requested_by", "reasons"):
-        _add_unique(getattr(job, name), joins.get(name) or [])
-    job.omitted += int(joins.get("omitted") or 0)
+        add_unique(getattr(job, name), getattr(joins, name))
+    job.omitted += joins.omitted
     return PendingJob.from_dict(job.to_dict())
 
 
@@ -349,8 +299,8 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     job.last_change_at = iso(now)
     if change.trigger not in job.triggers:
         job.triggers.append(change.trigger)
-    _add_unique(job.requested_by, [change.requested_by] if change.requested_by else [])
-    _add_unique(job.reasons, [change.reason] if change.reason else [])
+    add_unique(job.requested_by, [change.requested_by] if change.requested_by else [])
+    add_unique(job.reasons, [change.reason] if change.reason else [])
     if change.refresh_type:
         job.refresh_type = change.refresh_type
     for name in ("workspace", "dataset", "scheduled_for"):
@@ -406,9 +356,9 @@ def _joinable_running(entity: Any | None, change: Change, now: datetime) -> Runn
     if change.trigger == "commit":
         return None
     running = running_of(entity)
-    if running is None or running.job is None:
+    if running is None:
         return None
-    if running.lease_until is not None and running.lease_until <= now:
+    if parse_iso(running.lease_until) <= now:
         return None  # an instance was lost: the worker abandons this job; a new one is needed
     job = running.job
     if (change.refresh_type or None) != (job.refresh_type or None):
@@ -422,67 +372,9 @@ def _joinable_running(entity: Any | None, change: Change, now: datetime) -> Runn
 
 def _join_running(entity: Any, running: RunningJob, change: Change) -> tuple[dict, Recorded]:
     joins = running_joins(entity, running.job_id)
-    _add_unique(joins.setdefault("triggers", []), [change.trigger])
-    _add_unique(joins.setdefault("requested_by", []), [change.requested_by] if change.requested_by else [])
-    _add_unique(joins.setdefault("reasons", []), [change.reason] if change.reason else [])
-    capped = bound({"triggers": joins["triggers"], "requested_by": joins["requested_by"],
-                    "reasons": joins["reasons"], "omitted": joins.get("omitted", 0), "whole_model": True})
+    add_unique(joins.triggers, [change.trigger])
+    add_unique(joins.requested_by, [change.requested_by] if change.requested_by else [])
+    add_unique(joins.reasons, [change.reason] if change.reason else [])
     data = dict(entity)
-    tables.put_json(data, "running_joins", {"job_id": running.job_id, "triggers": capped["triggers"],
-                                            "requested_by": capped["requested_by"], "reasons": capped["reasons"],
-                                            "omitted": capped["omitted"]})
-    due_at = running.job.due_at if running.job is not None else None
-    return data, Recorded(job_id=running.job_id, created=False, due_at=due_at, joined="running")
-
-
-def _add_unique(target: list[str], items: Iterable[str]) -> None:
-    for item in items:
-        if item not in target:
-            target.append(item)
-
-
-def _stored_length(value: Any) -> int:
-    """Characters of ``value`` as JSON with non-ASCII escaped (what put_json and outcome rows store)."""
-    return len(json.dumps(value))
-
-
-def _keep(items: Iterable[Any], max_items: int, budget: int, max_length: int) -> tuple[list[str], int]:
-    """The first items (each cut to ``max_length``) that fit ``max_items`` and ``budget``; and how many not."""
-    kept: list[str] = []
-    used, dropped = 2, 0
-    for item in items:
-        text = str(item)[:max_length]
-        size = _stored_length(text) + 1
-        if len(kept) >= max_items or used + size > budget or text in kept:
-            dropped += text not in kept
-            continue
-        kept.append(text)
-        used += size
-    return kept, dropped
-
-
-def bound(data: dict[str, Any]) -> dict[str, Any]:
-    """Cap a job's lists in place (a stored job dict) so that storing it can never fail.
-
-    Model tables over :data:`MAX_JOB_MODEL_TABLES` or :data:`MODEL_TABLES_BUDGET` widen the job to the
-    whole model (a superset of what was asked). Requesters and reasons keep the first ones that fit;
-    how many were left out is counted in ``omitted`` and said in the last reason.
-    """
-    tables_ = data.get("model_tables") or []
-    if data.get("whole_model") or len(tables_) > MAX_JOB_MODEL_TABLES \
-            or _stored_length(tables_) > MODEL_TABLES_BUDGET:
-        data["whole_model"], data["model_tables"] = True, []
-    data["triggers"] = list(dict.fromkeys(data.get("triggers") or []))[:MAX_JOB_TRIGGERS]
-    omitted = int(data.get("omitted") or 0)
-    data["requested_by"], dropped = _keep(data.get("requested_by") or [], MAX_JOB_REQUESTERS,
-                                          REQUESTERS_BUDGET, MAX_REQUESTER_LENGTH)
-    omitted += dropped
-    note_prefix = OMITTED_NOTE.split("{n}")[0]
-    reasons = [r for r in data.get("reasons") or [] if not str(r).startswith(note_prefix)]
-    note_room = _stored_length(OMITTED_NOTE.format(n=10**9)) + 1
-    data["reasons"], dropped = _keep(reasons, MAX_JOB_REASONS, REASONS_BUDGET - note_room, MAX_REASON_LENGTH)
-    omitted += dropped
-    if omitted:
-        data["reasons"].append(OMITTED_NOTE.format(n=omitted))
-    data["omitted"] = omitted
-    return data
+    tables.put_json(data, "running_joins", joins.to_dict())
+    return data, Recorded(job_id=running.job_id, created=False, due_at=running.job.due_at, joined="running")

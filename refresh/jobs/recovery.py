@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from refresh.core.clock import parse_iso
-from refresh.jobs.running import RunningJob
+from refresh.jobs.running import Posted, RunningJob
 from refresh.powerbi import errors as pbi_errors
 from refresh.powerbi.models import RefreshStatus
 
@@ -69,13 +69,13 @@ def find_own_refresh(powerbi: Any, running: RunningJob, ours: set[str]) -> Found
 def _details_match(powerbi: Any, running: RunningJob, entry: RefreshStatus) -> str | None:
     """For an enhanced refresh: None if its execution details differ from what the POST asked for, else a
     note for the reason (empty when nothing could be compared)."""
-    posted = running.unsure_posted or running.posted or {}  # what the unanswered POST asked for
+    posted = running.unsure_posted or running.posted or Posted()  # what the unanswered POST asked for
     try:
         details = powerbi.get_refresh(running.workspace_id, running.dataset_id, entry.request_id)
     except pbi_errors.PowerBIError as exc:
         log.info("job %s: could not read the details of refresh %s: %s", running.job_id, entry.request_id, exc)
         return ""
-    wanted_type, wanted_tables = posted.get("type"), posted.get("tables")
+    wanted_type, wanted_tables = posted.type, posted.tables
     if wanted_type and details.refresh_type and details.refresh_type.lower() != str(wanted_type).lower():
         return None
     if wanted_tables and details.tables and set(details.tables) != set(wanted_tables):

@@ -29,12 +29,33 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core.clock import iso, parse_iso
-from refresh.jobs.pending import PendingJob
+from refresh.jobs.job_model import PendingJob
+from refresh.jobs.outcomes import RowFields
 
 MAX_MODEL_TABLES = 200   # more than this: refresh the whole model
 MAX_LIST = 20            # triggers, requesters, reasons kept per job
 MAX_TEXT = 500           # characters of one requester or reason
 MAX_SOURCES = 500        # source tables per job beyond which the whole model is refreshed
+
+
+@dataclass(frozen=True)
+class Posted:
+    """What an enhanced POST asked for (its body's ``type`` and ``objects`` tables), to recognise its refresh
+    in Power BI's history when its answer was never seen."""
+
+    type: str | None = None
+    tables: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "tables": list(self.tables)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Posted | None:
+        if not isinstance(data, dict):
+            return None
+        kind, tables = data.get("type"), data.get("tables")
+        return cls(type=kind if isinstance(kind, str) else None,
+                   tables=tuple(str(t) for t in tables) if isinstance(tables, list) else ())
 
 
 @dataclass
@@ -57,8 +78,8 @@ class RunningJob:
     unsure_since: str | None = None
     unsure_reason: str | None = None
     busy_tries: int = 0
-    posted: dict[str, Any] | None = None  # enhanced POSTs: the body's ``type`` and ``objects`` tables (to match)
-    unsure_posted: dict[str, Any] | None = None  # ``posted`` of the POST at ``unsure_since``
+    posted: Posted | None = None  # enhanced POSTs: what the last one asked for (to match)
+    unsure_posted: Posted | None = None  # ``posted`` of the POST at ``unsure_since``
     refresh_id: str | None = None
     started_at: str | None = None
     estimate: float | None = None
@@ -91,6 +112,8 @@ class RunningJob:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("job", "extra")}
         data["job"] = self.job.to_dict()
+        data["posted"] = self.posted.to_dict() if self.posted else None
+        data["unsure_posted"] = self.unsure_posted.to_dict() if self.unsure_posted else None
         data["check_token"] = self.check_token
         return {**self.extra, **data}
 
@@ -99,11 +122,50 @@ class RunningJob:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
         values["job"] = PendingJob.from_dict(data["job"])
+        values["posted"] = Posted.from_dict(data.get("posted"))
+        values["unsure_posted"] = Posted.from_dict(data.get("unsure_posted"))
         extra = {k: v for k, v in data.items() if k not in known and k != "check_token"}
         if "check_seq" not in data and data.get("check_token"):  # a record written before check_seq
             values["check_seq"] = 1
         values.setdefault("attempts", 0)
         return cls(**values, extra=extra)
+
+
+@dataclass
+class PostLog:
+    """What a job's earlier POSTs left unresolved when it gave its claim back (the state entity's ``post_log``),
+    so the next claim of the same job still knows an unanswered POST may have started a refresh."""
+
+    job_id: str
+    unsure_since: str | None = None
+    unsure_reason: str | None = None
+    busy_tries: int = 0
+    unsure_posted: Posted | None = None
+
+    @classmethod
+    def of(cls, running: RunningJob) -> PostLog:
+        return cls(job_id=running.job_id, unsure_since=running.unsure_since, unsure_reason=running.unsure_reason,
+                   busy_tries=running.busy_tries, unsure_posted=running.unsure_posted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "unsure_since": self.unsure_since, "unsure_reason": self.unsure_reason,
+                "busy_tries": self.busy_tries,
+                "unsure_posted": self.unsure_posted.to_dict() if self.unsure_posted else None}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PostLog | None:
+        if not isinstance(data, dict) or not isinstance(data.get("job_id"), str):
+            return None
+        since, reason = data.get("unsure_since"), data.get("unsure_reason")
+        return cls(job_id=data["job_id"], unsure_since=since if isinstance(since, str) else None,
+                   unsure_reason=reason if isinstance(reason, str) else None,
+                   busy_tries=int(data.get("busy_tries") or 0),
+                   unsure_posted=Posted.from_dict(data.get("unsure_posted")))
+
+    def carry_into(self, claim: RunningJob) -> None:
+        """A new claim of the same job starts from what its earlier POSTs left unresolved."""
+        claim.unsure_since, claim.unsure_reason = self.unsure_since, self.unsure_reason
+        claim.busy_tries, claim.unsure_posted = self.busy_tries, self.unsure_posted
 
 
 def parse_check_seq(token: str) -> int | None:
@@ -125,7 +187,7 @@ def capped_job(job: PendingJob) -> PendingJob:
     return capped
 
 
-def row_fields(running: RunningJob) -> dict[str, Any]:
+def row_fields(running: RunningJob) -> RowFields:
     """The outcome-row fields that describe a running job (names, what it refreshes, why)."""
     job = running.job
     return {"workspace_id": running.workspace_id, "workspace_name": running.workspace_name,

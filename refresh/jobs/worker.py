@@ -45,7 +45,7 @@ from refresh.jobs.endings import _describe, _Lost, _recent, _running_of
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status
 from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
 from refresh.jobs.recovery import find_own_refresh, remember
-from refresh.jobs.running import RunningJob, new_claim, row_fields
+from refresh.jobs.running import Posted, PostLog, RunningJob, new_claim, row_fields
 from refresh.powerbi import errors as pbi_errors
 from refresh.powerbi.client import build_refresh_body
 from refresh.powerbi.models import RefreshState
@@ -190,11 +190,9 @@ class Worker(Checks):
 
         claim = new_claim(job, now, enhanced=bool(dedicated), timeout_minutes=target.timeout_minutes, names=names,
                           daily_limit=limit, attempts=msg.attempt)
-        post_log = tables.get_json(entity, "post_log") or {}
-        if post_log.get("job_id") == job.job_id:  # what earlier POSTs of this job left unresolved
-            claim.unsure_since, claim.unsure_reason = post_log.get("unsure_since"), post_log.get("unsure_reason")
-            claim.busy_tries = int(post_log.get("busy_tries") or 0)
-            claim.unsure_posted = post_log.get("unsure_posted")
+        post_log = PostLog.from_dict(tables.get_json(entity, "post_log"))
+        if post_log is not None and post_log.job_id == job.job_id:  # what earlier POSTs of this job left unresolved
+            post_log.carry_into(claim)
 
         def take(data: dict) -> bool:
             current = pending_of(data)
@@ -252,7 +250,7 @@ class Worker(Checks):
             if job.refresh_type:
                 options["type"] = job.refresh_type
             body = build_refresh_body(enhanced=True, options=options, objects=objects)
-            running.posted = {"type": body.get("type"), "tables": [o["table"] for o in body.get("objects", [])]}
+            running.posted = Posted(type=body.get("type"), tables=tuple(o["table"] for o in body.get("objects", [])))
         else:
             body = build_refresh_body(enhanced=False, options=None, objects=None,
                                       notify_option=target.notify_option)

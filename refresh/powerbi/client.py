@@ -41,7 +41,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -71,6 +70,7 @@ from refresh.powerbi.models import (
     refresh_from_history_entry,
     workspace_from_api,
 )
+from refresh.powerbi.refresh_body import DEFAULT_ENHANCED_TYPE, build_refresh_body, whole_number
 
 __all__ = [
     "DEFAULT_ENHANCED_TYPE",
@@ -83,27 +83,8 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_TIMEOUT_TEXT = re.compile(r"^([0-1]?[0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
 _CLAIMS_PARAM = re.compile(r'claims="([^"]*)"', re.IGNORECASE)
 _MAX_LISTED = 20
-
-#: Processing type sent when an enhanced body names none. The service's own default is
-#: ``Automatic``, which skips partitions already in the Ready state, so new Delta data would
-#: not be loaded; ``Full`` re-reads the data (also the Fabric activity's default).
-DEFAULT_ENHANCED_TYPE = "Full"
-
-_TYPES = ("Full", "ClearValues", "Calculate", "DataOnly", "Automatic", "Defragment")
-_COMMIT_MODES = ("Transactional", "PartialBatch")
-_NOTIFY_OPTIONS = ("NoNotification", "MailOnFailure", "MailOnCompletion")
-_OPTION_FIELDS = {
-    "type": "type",
-    "commit_mode": "commitMode",
-    "max_parallelism": "maxParallelism",
-    "retry_count": "retryCount",
-    "timeout": "timeout",
-    "apply_refresh_policy": "applyRefreshPolicy",
-    "effective_date": "effectiveDate",
-}
 
 
 class _AccessToken(Protocol):
@@ -137,112 +118,6 @@ def _segment(value: str) -> str:
         raise ValueError("an id must not be empty")
     return quote(str(value), safe="")
 
-
-def _enum(value: Any, allowed: Sequence[str], name: str) -> str:
-    """``value`` in the spelling of ``allowed``, matched case-insensitively."""
-    if isinstance(value, str):
-        for candidate in allowed:
-            if candidate.lower() == value.strip().lower():
-                return candidate
-    raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _timeout_text(value: Any) -> str:
-    """``hh:mm:ss`` from a string, a number of seconds or a timedelta (under 24 hours)."""
-    if isinstance(value, str):
-        if not _TIMEOUT_TEXT.match(value.strip()):
-            raise ValueError(f"timeout must look like hh:mm:ss (under 24 h); got {value!r}")
-        return value.strip()
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ValueError(f"timeout must be hh:mm:ss, seconds or a timedelta; got {value!r}")
-    whole = int(seconds)
-    if whole != seconds or not 0 < whole < 24 * 3600:
-        raise ValueError(f"timeout must be a whole number of seconds between 1 s and 23:59:59; got {value!r}")
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
-def _effective_date_text(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, date):
-        return f"{value.isoformat()}T00:00:00"
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise ValueError(f"effective_date must be a date, datetime or ISO string; got {value!r}")
-
-
-def _whole(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}")
-    return value
-
-
-def build_refresh_body(
-    *,
-    enhanced: bool,
-    options: Mapping[str, Any] | None = None,
-    objects: Sequence[str] | None = None,
-    notify_option: str = "NoNotification",
-) -> dict[str, Any]:
-    """The JSON body of ``POST .../refreshes``.
-
-    Standard refresh (shared capacity): ``{"notifyOption": notify_option}`` and nothing else;
-    ``options``/``objects`` are ignored (logged), as shared capacity rejects them.
-
-    Enhanced refresh (dedicated capacity): ``notifyOption`` is left out (the service requires
-    that) and the body has ``type`` (default :data:`DEFAULT_ENHANCED_TYPE`), plus
-    ``commitMode``, ``maxParallelism``, ``retryCount``, ``timeout`` (``hh:mm:ss``; seconds and
-    timedeltas are converted), ``applyRefreshPolicy`` and ``effectiveDate`` for the snake_case
-    keys given in ``options``, and ``objects: [{"table": t}]`` for the tables given.
-    Enum values are matched case-insensitively and sent in the swagger's spelling.
-
-    :raises ValueError: an unknown option key, or a value the service would reject.
-    """
-    if not enhanced:
-        if options or objects:
-            _LOGGER.warning(
-                "Refresh options/tables ignored: a standard refresh (shared capacity) takes only notifyOption"
-            )
-        return {"notifyOption": _enum(notify_option, _NOTIFY_OPTIONS, "notify_option")}
-
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(_OPTION_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown refresh option(s) {unknown}; known: {sorted(_OPTION_FIELDS)}")
-    given = {key: value for key, value in options.items() if value is not None}
-
-    body: dict[str, Any] = {"type": _enum(given.get("type", DEFAULT_ENHANCED_TYPE), _TYPES, "type")}
-    if "commit_mode" in given:
-        body["commitMode"] = _enum(given["commit_mode"], _COMMIT_MODES, "commit_mode")
-    if "max_parallelism" in given:
-        body["maxParallelism"] = _whole(given["max_parallelism"], "max_parallelism", 1)
-    if "retry_count" in given:
-        body["retryCount"] = _whole(given["retry_count"], "retry_count", 0)
-    if "timeout" in given:
-        body["timeout"] = _timeout_text(given["timeout"])
-    if "apply_refresh_policy" in given:
-        if not isinstance(given["apply_refresh_policy"], bool):
-            raise ValueError(f"apply_refresh_policy must be a bool; got {given['apply_refresh_policy']!r}")
-        body["applyRefreshPolicy"] = given["apply_refresh_policy"]
-        if body["applyRefreshPolicy"] and body.get("commitMode") == "PartialBatch":
-            raise ValueError("apply_refresh_policy=True is not supported with commit_mode PartialBatch")
-    if "effective_date" in given:
-        body["effectiveDate"] = _effective_date_text(given["effective_date"])
-    if objects is not None:
-        if isinstance(objects, str):
-            raise ValueError("objects must be a sequence of table names, not one string")
-        tables = list(objects)
-        if not all(isinstance(t, str) and t.strip() for t in tables):
-            raise ValueError(f"objects must be non-empty table names; got {tables!r}")
-        if tables:
-            body["objects"] = [{"table": t} for t in tables]
-    return body
 
 
 def _challenge_claims(header: str | None) -> str | None:
@@ -449,7 +324,7 @@ class PowerBIClient:
 
     def get_refresh_history(self, workspace_id: str, dataset_id: str, top: int = 10) -> list[RefreshStatus]:
         """The ``top`` newest refreshes of a dataset (``GET .../refreshes?$top=N``), newest first."""
-        _whole(top, "top", 1)
+        whole_number(top, "top", 1)
         payload = self._get_json(self._refreshes_path(workspace_id, dataset_id), query=[("$top", str(top))])
         return [refresh_from_history_entry(v) for v in _value_list(payload) if isinstance(v, Mapping)]
 

@@ -7,9 +7,10 @@ its part for local development and for the end-to-end tests. It hosts the functi
 
 * :mod:`refresh.dev.local.settings`: app settings (``local.settings.json`` ``Values`` under the
   environment, as Core Tools does), ``%SETTING%`` binding expressions, ``host.json``;
-* :mod:`refresh.dev.local.host`: loads the app once, builds one runner per trigger, invokes functions
-  on bounded pools (one per trigger kind) with the binding objects the Python worker would build,
-  logs readable lines;
+* :mod:`refresh.dev.local.invoke`: the function specs read from the app, the invoker running them on
+  bounded pools (one per trigger kind) with the binding objects the Python worker would build, the
+  delay scheduler; the runners below receive these from the host and do not import it;
+* :mod:`refresh.dev.local.host`: loads the app once, builds one runner per trigger, starts and stops them;
 * :mod:`refresh.dev.local.queues`: queue triggers (polling, peek-lock, redelivery, poison queue);
 * :mod:`refresh.dev.local.blobs`: the lake watcher standing in for Event Grid (Azurite sends no
   events): each new Delta commit to exactly one consumer, as the subscriptions in ``infra/`` do

@@ -53,7 +53,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from refresh.detection.deltalog import split_commit_path
-from refresh.dev.local.host import FunctionSpec, Invoker, Scheduler
+from refresh.dev.local.invoke import FunctionSpec, Invoker, Scheduler
 from refresh.dev.local.settings import QueueOptions
 
 log = logging.getLogger(__name__)

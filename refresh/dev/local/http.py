@@ -48,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from refresh.dev.local.host import FunctionSpec, Invoker, current_function
+from refresh.dev.local.invoke import FunctionSpec, Invoker, current_function
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from refresh.dev.local.host import FunctionSpec, Invoker, Outcome, pool_of
+from refresh.dev.local.invoke import FunctionSpec, Invoker, Outcome, pool_of
 from refresh.dev.local.settings import QueueOptions
 
 log = logging.getLogger(__name__)

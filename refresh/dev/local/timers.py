@@ -21,7 +21,7 @@ from typing import Any
 
 from refresh.core.clock import iso, parse_iso
 from refresh.core.ncrontab import CronError, Schedule, parse
-from refresh.dev.local.host import FunctionSpec, Invoker
+from refresh.dev.local.invoke import FunctionSpec, Invoker
 from refresh.dev.local.settings import LocalSettingsError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from refresh.dev.powerbi_sim.simulator import IDENTITY_PATH, PowerBISimulator, _Fault, _Refresh
+from refresh.dev.powerbi_sim.records import IDENTITY_PATH, Fault, Refresh
+from refresh.dev.powerbi_sim.simulator import PowerBISimulator
 
 __all__ = ["align_wall", "bring_identity_up", "lose_next_answer", "start_other_refresh", "take_identity_down"]
 
@@ -30,7 +31,7 @@ def start_other_refresh(sim: PowerBISimulator, dataset_id: str, *, refresh_type:
         raise ValueError(f"refresh_type must be one of {REFRESH_TYPES}")
     with sim._lock:
         dataset = sim._datasets[dataset_id.lower()]
-        refresh = _Refresh(id=str(uuid.uuid4()), dataset_id=dataset.id, enhanced=refresh_type == "ViaEnhancedApi",
+        refresh = Refresh(id=str(uuid.uuid4()), dataset_id=dataset.id, enhanced=refresh_type == "ViaEnhancedApi",
                            start=sim.clock(), duration=sim.refresh_duration if duration is None else duration,
                            body={}, kind=refresh_type)
         dataset.refreshes.append(refresh)
@@ -40,12 +41,12 @@ def start_other_refresh(sim: PowerBISimulator, dataset_id: str, *, refresh_type:
 def lose_next_answer(sim: PowerBISimulator, *, times: int = 1, method: str | None = "POST",
                      path_contains: str | None = "/refreshes") -> None:
     """Handle the next ``times`` matching requests, then close the connection instead of answering."""
-    sim._add_fault(_Fault("lost_answer", times, method, path_contains))
+    sim._add_fault(Fault("lost_answer", times, method, path_contains))
 
 
 def take_identity_down(sim: PowerBISimulator) -> None:
     """Every request to the token endpoint has its connection closed until :func:`bring_identity_up`."""
-    sim._add_fault(_Fault("drop", 10**9, None, IDENTITY_PATH))
+    sim._add_fault(Fault("drop", 10**9, None, IDENTITY_PATH))
 
 
 def bring_identity_up(sim: PowerBISimulator) -> None:

@@ -1,8 +1,11 @@
 """``PowerBISimulator``: a loopback stand-in for the Power BI REST API and a managed-identity endpoint.
 
-For tests and the local runtime only: it listens on 127.0.0.1 (port 0 = any free port) and keeps
-everything in memory. It answers like the service, in the shapes of the official swagger
-(``tests/data/powerbi-swagger.json``), including its rough edges (see shared/notes/powerbi-api.md):
+This module is the HTTP side (server, identity endpoint, admin endpoints); the service's state and
+behaviours are :class:`refresh.dev.powerbi_sim.service.SimulatedService`, its records
+:mod:`refresh.dev.powerbi_sim.records`. For tests and the local runtime only: it listens on
+127.0.0.1 (port 0 = any free port) and keeps everything in memory. It answers like the service, in
+the shapes of the official swagger (``tests/data/powerbi-swagger.json``), including its rough edges
+(see shared/notes/powerbi-api.md):
 
 * ``GET groups`` with OData ``$filter`` (``name eq '...'`` / ``id eq '...'`` with doubled
   apostrophes, ``contains(name,'...')``, joined by ``or``/``and``), ``$top``, ``$skip``;
@@ -74,239 +77,30 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import secrets
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from http import HTTPStatus
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["PowerBISimulator", "RecordedRequest"]
+from refresh.dev.powerbi_sim.records import (
+    ADMIN_PREFIX,
+    API_PREFIX,
+    IDENTITY_PATH,
+    Answer,
+    RecordedRequest,
+    api_error,
+)
+from refresh.dev.powerbi_sim.service import SimulatedService
+
+__all__ = ["PowerBISimulator", "RecordedRequest", "SimulatedService"]
 
 _LOGGER = logging.getLogger(__name__)
 
-API_PREFIX = "/v1.0/myorg"
-IDENTITY_PATH = "/msi/token"
-ADMIN_PREFIX = "/_sim"
-DAY = 24 * 3600.0
-_REFRESH_FIELDS = {
-    "notifyOption",
-    "type",
-    "commitMode",
-    "maxParallelism",
-    "retryCount",
-    "objects",
-    "applyRefreshPolicy",
-    "effectiveDate",
-    "timeout",
-}
-_BUSY_MESSAGE = "Invalid dataset refresh request. Another refresh request is already executing"
-_DAILY_MESSAGE = "Invalid dataset refresh request. Number of refresh requests in last 24 hours exceeded limit"
-_DEFAULT_BODIES = {
-    429: {
-        "error": {
-            "code": "TooManyRequests",
-            "message": "You have exceeded the amount of requests allowed "
-            "in the current time frame and further requests will fail.",
-        }
-    },
-    500: {"error": {"code": "InternalServerError", "message": "An internal error occurred."}},
-    502: {"error": {"code": "BadGateway", "message": "Bad gateway."}},
-    503: {"error": {"code": "ServiceUnavailable", "message": "The service is temporarily unavailable."}},
-}
-
-
-@dataclass
-class RecordedRequest:
-    """One API request as the simulator saw it, and what it answered."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-    raw_query: str = ""
-    status: int | None = None
-    response: Any = None
-    response_headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Fault:
-    kind: str  # "status", "drop", "slow" or "lost_answer"
-    times: int
-    method: str | None = None
-    path_contains: str | None = None
-    status: int = 500
-    body: Any = None
-    retry_after: Any = None
-    seconds: float = 0.0
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method:
-            return False
-        if self.path_contains is None:
-            return path.startswith(API_PREFIX)
-        return self.path_contains in path
-
-
-@dataclass
-class _Outcome:
-    extended_status: str = "Failed"
-    service_exception: dict[str, Any] | None = None
-    messages: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class _Refresh:
-    id: str
-    dataset_id: str
-    enhanced: bool
-    start: float
-    duration: float
-    body: dict[str, Any]
-    outcome: _Outcome | None = None
-    cancelled_at: float | None = None
-    kind: str | None = None  # refreshType; None: ViaApi / ViaEnhancedApi from the body (simulator_extras)
-
-
-@dataclass
-class _Workspace:
-    id: str
-    name: str
-    dedicated: bool
-    capacity_id: str | None
-
-
-@dataclass
-class _Dataset:
-    id: str
-    workspace_id: str
-    name: str
-    refreshable: bool
-    refreshes: list[_Refresh] = field(default_factory=list)
-
-
-class _Answer(Exception):
-    """Raised inside a handler to send an answer at once."""
-
-    def __init__(self, status: int, body: Any = None, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-        self.add_request_id = True  # every API answer carries a RequestId unless told otherwise
-
-
-def _error(status: int, code: str, message: str) -> _Answer:
-    return _Answer(status, {"error": {"code": code, "message": message}})
-
-
-class _ODataFilter:
-    """The tiny OData ``$filter`` subset the groups endpoint needs, parsed per the ABNF quoting."""
-
-    _TOKEN = re.compile(
-        r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F-]{27})|(?P<word>[A-Za-z_]+)|(?P<sym>[(),]))"
-    )
-
-    def __init__(self, text: str) -> None:
-        self.tokens: list[tuple[str, str]] = []
-        position = 0
-        text = text.strip()
-        while position < len(text):
-            match = self._TOKEN.match(text, position)
-            if not match or match.end() == position:
-                raise ValueError(f"cannot parse $filter at {text[position : position + 20]!r}")
-            kind = match.lastgroup or ""
-            value = match.group(kind)
-            if kind == "str":
-                value = value[1:-1].replace("''", "'")
-            self.tokens.append((kind, value))
-            position = match.end()
-            while position < len(text) and text[position].isspace():
-                position += 1
-        self.position = 0
-        self.clauses = self._parse_or()
-        if self.position != len(self.tokens):
-            raise ValueError("unexpected text after the $filter expression")
-
-    def _next(self) -> tuple[str, str]:
-        if self.position >= len(self.tokens):
-            raise ValueError("$filter ends too early")
-        token = self.tokens[self.position]
-        self.position += 1
-        return token
-
-    def _peek_word(self, word: str) -> bool:
-        return self.position < len(self.tokens) and self.tokens[self.position] == ("word", word)
-
-    def _parse_or(self) -> list[list[tuple[str, str, str]]]:
-        groups = [self._parse_and()]
-        while self._peek_word("or"):
-            self.position += 1
-            groups.append(self._parse_and())
-        return groups
-
-    def _parse_and(self) -> list[tuple[str, str, str]]:
-        terms = [self._parse_term()]
-        while self._peek_word("and"):
-            self.position += 1
-            terms.append(self._parse_term())
-        return terms
-
-    def _parse_term(self) -> tuple[str, str, str]:
-        kind, value = self._next()
-        if kind == "word" and value == "contains":
-            if self._next() != ("sym", "("):
-                raise ValueError("contains needs '('")
-            _, prop = self._next()
-            if self._next() != ("sym", ","):
-                raise ValueError("contains needs ','")
-            literal_kind, literal = self._next()
-            if literal_kind != "str" or self._next() != ("sym", ")"):
-                raise ValueError("contains needs a string literal and ')'")
-            return self._checked(prop), "contains", literal
-        if kind != "word":
-            raise ValueError(f"expected a property name, got {value!r}")
-        if self._next() != ("word", "eq"):
-            raise ValueError("only 'eq' and contains() are supported")
-        literal_kind, literal = self._next()
-        if literal_kind not in ("str", "guid"):
-            raise ValueError("expected a quoted string literal")
-        return self._checked(value), "eq", literal
-
-    @staticmethod
-    def _checked(prop: str) -> str:
-        if prop not in ("name", "id"):
-            raise ValueError(f"unsupported property {prop!r} in $filter")
-        return prop
-
-    def matches(self, item: Mapping[str, str]) -> bool:
-        """True when any ``or`` group has all its terms true."""
-        for group in self.clauses:
-            ok = True
-            for prop, op, literal in group:
-                value = item[prop]
-                if prop == "id":
-                    value, literal = value.lower(), literal.lower()
-                if op == "eq" and value != literal:
-                    ok = False
-                if op == "contains" and literal.lower() not in value.lower():
-                    ok = False
-            if ok:
-                return True
-        return False
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class _Server(ThreadingHTTPServer):
@@ -339,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         _LOGGER.debug("simulator: %s", format % args)
 
 
-class PowerBISimulator:
+class PowerBISimulator(SimulatedService):
     """An in-memory Power BI service and managed-identity endpoint on loopback (see module doc).
 
     :keyword clock: monotonic base clock (``advance`` adds to it).
@@ -363,27 +157,11 @@ class PowerBISimulator:
         daily_limit: int = 8,
         identity_header: str | None = None,
     ) -> None:
+        super().__init__(clock=clock, refresh_duration=refresh_duration, history_lag=history_lag,
+                         token_lifetime=token_lifetime, busy_status=busy_status, daily_limit=daily_limit,
+                         identity_header=identity_header)
         self.host = host
         self.port = port
-        self._base_clock = clock
-        self._offset = 0.0
-        self._clock_zero = clock()
-        self._epoch_zero = time.time()
-        self.refresh_duration = refresh_duration
-        self.history_lag = history_lag
-        self.token_lifetime = token_lifetime
-        self.busy_status = busy_status
-        self.daily_limit = daily_limit
-        self.refresh_headers: set[str] | None = None
-        self.identity_header = identity_header or secrets.token_hex(16)
-        self.requests: list[RecordedRequest] = []
-        self.identity_requests: list[RecordedRequest] = []
-        self._lock = threading.RLock()
-        self._workspaces: dict[str, _Workspace] = {}
-        self._datasets: dict[str, _Dataset] = {}
-        self._tokens: dict[str, float] = {}
-        self._faults: list[_Fault] = []
-        self._outcomes: dict[str, list[_Outcome]] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -441,171 +219,6 @@ class PowerBISimulator:
         """Root of the admin endpoints, ``http://127.0.0.1:<port>/_sim``."""
         return self.root_url + ADMIN_PREFIX
 
-    # -- time --------------------------------------------------------------------------------
-
-    def clock(self) -> float:
-        """The simulator's clock: the base clock plus every ``advance``."""
-        with self._lock:
-            return self._base_clock() + self._offset
-
-    def advance(self, seconds: float) -> float:
-        """Move the clock forward (refreshes progress, tokens age) without sleeping."""
-        if seconds < 0:
-            raise ValueError("the clock only moves forward")
-        with self._lock:
-            self._offset += seconds
-            return self.clock()
-
-    def _wall(self, at: float) -> str:
-        return _iso(self._epoch_zero + (at - self._clock_zero))
-
-    # -- seeding -----------------------------------------------------------------------------
-
-    def add_workspace(self, name: str, dedicated: bool = False, id: str | None = None) -> str:
-        """Add a workspace (``dedicated`` = on Premium/Fabric capacity); returns its id."""
-        workspace_id = (id or str(uuid.uuid4())).lower()
-        capacity = str(uuid.uuid4()) if dedicated else None
-        with self._lock:
-            self._workspaces[workspace_id] = _Workspace(workspace_id, name, dedicated, capacity)
-        return workspace_id
-
-    def add_dataset(self, workspace_id: str, name: str, refreshable: bool = True, id: str | None = None) -> str:
-        """Add a dataset to a workspace (``refreshable`` False = DirectQuery-like); returns its id."""
-        dataset_id = (id or str(uuid.uuid4())).lower()
-        with self._lock:
-            if workspace_id.lower() not in self._workspaces:
-                raise KeyError(f"no workspace {workspace_id}")
-            self._datasets[dataset_id] = _Dataset(dataset_id, workspace_id.lower(), name, refreshable)
-        return dataset_id
-
-    def issue_token(self) -> str:
-        """A new valid bearer token (what the identity endpoint hands out)."""
-        token = "sim-" + secrets.token_urlsafe(24)
-        with self._lock:
-            self._tokens[token] = self.clock() + self.token_lifetime
-        return token
-
-    def refreshes(self, dataset_id: str) -> list[dict[str, Any]]:
-        """The dataset's refreshes, newest first, as history entries (ignores ``history_lag``)."""
-        with self._lock:
-            dataset = self._datasets[dataset_id.lower()]
-            now = self.clock()
-            return [self._history_entry(r, now) for r in reversed(dataset.refreshes)]
-
-    def clear_requests(self) -> None:
-        """Forget the recorded requests."""
-        with self._lock:
-            self.requests.clear()
-            self.identity_requests.clear()
-
-    # -- misbehaviour ------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        retry_after: float | str | None = None,
-        body: Any = None,
-        method: str | None = None,
-        path_contains: str | None = None,
-    ) -> None:
-        """Answer the next ``times`` matching requests with ``status`` (e.g. 429, 500, 503).
-
-        ``retry_after`` (seconds or an HTTP-date string) becomes the ``Retry-After`` header;
-        ``body`` defaults to a Power BI style error for the status.
-        """
-        default = _DEFAULT_BODIES.get(
-            status,
-            {
-                "error": {
-                    "code": HTTPStatus(status).phrase.replace(" ", ""),
-                    "message": HTTPStatus(status).phrase,
-                }
-            },
-        )
-        self._add_fault(
-            _Fault("status", times, method, path_contains, status, default if body is None else body, retry_after)
-        )
-
-    def busy_next(self, *, times: int = 1, status: int | None = None) -> None:
-        """The next ``times`` refresh POSTs answer "Another refresh request is already executing"."""
-        self.fail_next(
-            status or self.busy_status,
-            times=times,
-            method="POST",
-            path_contains="/refreshes",
-            body={"error": {"code": "InvalidRequest", "message": _BUSY_MESSAGE}},
-        )
-
-    def drop_next_connection(
-        self, *, times: int = 1, method: str | None = None, path_contains: str | None = None
-    ) -> None:
-        """Close the connection of the next ``times`` matching requests without answering."""
-        self._add_fault(_Fault("drop", times, method, path_contains))
-
-    def slow_next(
-        self, seconds: float, *, times: int = 1, method: str | None = None, path_contains: str | None = None
-    ) -> None:
-        """Wait ``seconds`` (real time) before handling the next ``times`` matching requests."""
-        self._add_fault(_Fault("slow", times, method, path_contains, seconds=seconds))
-
-    def fail_refresh(
-        self,
-        dataset_id: str,
-        service_exception: Mapping[str, Any] | None = None,
-        messages: Iterable[Mapping[str, Any]] | None = None,
-        *,
-        extended_status: str = "Failed",
-    ) -> None:
-        """Make the next refresh of ``dataset_id`` end ``Failed`` (or ``TimedOut``) with these details.
-
-        ``service_exception`` becomes the history's ``serviceExceptionJson`` string; ``messages``
-        the details' engine messages (default: one ``Error`` built from the exception).
-        """
-        exception = dict(
-            service_exception
-            or {
-                "errorCode": "ModelRefreshFailed_CredentialsNotSpecified",
-                "errorDescription": "The credentials provided for the data source are invalid.",
-            }
-        )
-        if messages is None:
-            text = exception.get("errorDescription") or exception.get("errorCode") or "Refresh failed"
-            message_list = [{"code": "0xC112000B", "message": str(text), "type": "Error"}]
-        else:
-            message_list = [dict(m) for m in messages]
-        with self._lock:
-            self._outcomes.setdefault(dataset_id.lower(), []).append(_Outcome(extended_status, exception, message_list))
-
-    def expire_tokens(self) -> None:
-        """Expire every token issued so far (new ones from the identity endpoint stay valid)."""
-        with self._lock:
-            expired = self.clock() - 1
-            for token in self._tokens:
-                self._tokens[token] = min(self._tokens[token], expired)
-
-    def pending_faults(self) -> int:
-        """How many injected faults have not fired yet (per remaining time)."""
-        with self._lock:
-            return sum(f.times for f in self._faults)
-
-    def _add_fault(self, fault: _Fault) -> None:
-        if fault.times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._faults.append(fault)
-
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
     # -- HTTP plumbing -----------------------------------------------------------------------
 
     def _dispatch(self, handler: _Handler) -> None:
@@ -648,19 +261,19 @@ class PowerBISimulator:
                     extra_headers["Retry-After"] = (
                         fault.retry_after if isinstance(fault.retry_after, str) else f"{fault.retry_after:g}"
                     )
-                raise _Answer(fault.status, fault.body)
+                raise Answer(fault.status, fault.body)
             if path == IDENTITY_PATH:
                 answer = self._identity(method, record, handler)
             elif is_api:
                 self._authorize(handler)
                 answer = self._api(method, path[len(API_PREFIX) :], record)
             else:
-                answer = _error(404, "NotFound", f"no such path {path}")
-        except _Answer as raised:
+                answer = api_error(404, "NotFound", f"no such path {path}")
+        except Answer as raised:
             answer = raised
         except Exception:
             _LOGGER.exception("Simulator failed on %s %s", method, path)
-            answer = _error(500, "SimulatorError", "the simulator failed; see its log")
+            answer = api_error(500, "SimulatorError", "the simulator failed; see its log")
         answer.headers = {**extra_headers, **answer.headers}
         if path.startswith(API_PREFIX) and answer.add_request_id:
             answer.headers.setdefault("RequestId", str(uuid.uuid4()))
@@ -687,16 +300,16 @@ class PowerBISimulator:
 
     # -- identity ----------------------------------------------------------------------------
 
-    def _identity(self, method: str, record: RecordedRequest, handler: _Handler) -> _Answer:
+    def _identity(self, method: str, record: RecordedRequest, handler: _Handler) -> Answer:
         if method != "GET":
-            return _Answer(405, {"statusCode": 405, "message": "Method not allowed"})
+            return Answer(405, {"statusCode": 405, "message": "Method not allowed"})
         if handler.headers.get("X-IDENTITY-HEADER") != self.identity_header:
-            return _Answer(401, {"statusCode": 401, "message": "The X-IDENTITY-HEADER header is missing or wrong"})
+            return Answer(401, {"statusCode": 401, "message": "The X-IDENTITY-HEADER header is missing or wrong"})
         resource = record.query.get("resource")
         if not resource or record.query.get("api-version") != "2019-08-01":
-            return _Answer(400, {"statusCode": 400, "message": "resource and api-version=2019-08-01 are required"})
+            return Answer(400, {"statusCode": 400, "message": "resource and api-version=2019-08-01 are required"})
         token = self.issue_token()
-        return _Answer(
+        return Answer(
             200,
             {
                 "access_token": token,
@@ -714,7 +327,7 @@ class PowerBISimulator:
             expires = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
             now = self.clock()
         if expires is None:
-            raise _Answer(
+            raise Answer(
                 401,
                 {
                     "error": {
@@ -728,245 +341,7 @@ class PowerBISimulator:
                 },
             )
         if now >= expires:
-            raise _error(403, "TokenExpired", "Access token has expired, resubmit with a new access token")
-
-    # -- API ---------------------------------------------------------------------------------
-
-    def _api(self, method: str, path: str, record: RecordedRequest) -> _Answer:
-        segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
-        lowered = [s.lower() for s in segments]
-        with self._lock:
-            if lowered == ["groups"] and method == "GET":
-                return self._list_groups(record.query)
-            if len(lowered) >= 2 and lowered[0] == "groups":
-                workspace = self._workspace(segments[1])
-                rest = lowered[2:]
-                if rest == [] and method == "GET":
-                    return _Answer(200, self._group_json(workspace))
-                if rest == ["datasets"] and method == "GET":
-                    return _Answer(
-                        200,
-                        {
-                            "@odata.context": f"{self.base_url}/groups/{workspace.id}/$metadata#datasets",
-                            "value": [
-                                self._dataset_json(d) for d in self._datasets.values() if d.workspace_id == workspace.id
-                            ],
-                        },
-                    )
-                if len(rest) >= 2 and rest[0] == "datasets":
-                    dataset = self._dataset(workspace, segments[3])
-                    tail = rest[2:]
-                    if tail == [] and method == "GET":
-                        return _Answer(200, self._dataset_json(dataset))
-                    if tail == ["refreshes"] and method == "POST":
-                        return self._start_refresh(workspace, dataset, record.body)
-                    if tail == ["refreshes"] and method == "GET":
-                        return self._history(dataset, record.query)
-                    if len(tail) == 2 and tail[0] == "refreshes":
-                        refresh = self._refresh(dataset, segments[5])
-                        if method == "GET":
-                            return self._details(refresh)
-                        if method == "DELETE":
-                            return self._cancel(refresh)
-        return _error(404, "NotFound", f"no {method} operation at {API_PREFIX}{path}")
-
-    def _workspace(self, workspace_id: str) -> _Workspace:
-        workspace = self._workspaces.get(workspace_id.lower())
-        if workspace is None:
-            raise _error(404, "PowerBIEntityNotFound", f"Couldn't find workspace {workspace_id}")
-        return workspace
-
-    def _dataset(self, workspace: _Workspace, dataset_id: str) -> _Dataset:
-        dataset = self._datasets.get(dataset_id.lower())
-        if dataset is None or dataset.workspace_id != workspace.id:
-            raise _error(404, "ItemNotFound", f"Dataset {dataset_id} is not found in workspace {workspace.id}")
-        return dataset
-
-    @staticmethod
-    def _refresh(dataset: _Dataset, refresh_id: str) -> _Refresh:
-        for refresh in dataset.refreshes:
-            if refresh.id == refresh_id.lower():
-                return refresh
-        raise _error(404, "ItemNotFound", f"Refresh {refresh_id} is not found")
-
-    def _group_json(self, workspace: _Workspace) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "id": workspace.id,
-            "isReadOnly": False,
-            "isOnDedicatedCapacity": workspace.dedicated,
-            "name": workspace.name,
-        }
-        if workspace.dedicated:
-            payload["capacityId"] = workspace.capacity_id
-            payload["defaultDatasetStorageFormat"] = "Small"
-        return payload
-
-    def _dataset_json(self, dataset: _Dataset) -> dict[str, Any]:
-        return {
-            "id": dataset.id,
-            "name": dataset.name,
-            "webUrl": f"https://app.powerbi.com/groups/{dataset.workspace_id}/datasets/{dataset.id}",
-            "addRowsAPIEnabled": False,
-            "configuredBy": "sp-refresh@contoso.com",
-            "isRefreshable": dataset.refreshable,
-            "isEffectiveIdentityRequired": False,
-            "isEffectiveIdentityRolesRequired": False,
-            "isOnPremGatewayRequired": False,
-            "targetStorageMode": "Abf",
-            "createdDate": self._wall(self._clock_zero),
-        }
-
-    def _list_groups(self, query: Mapping[str, str]) -> _Answer:
-        top = _int_param(query, "$top", minimum=0)
-        skip = _int_param(query, "$skip", minimum=0) or 0
-        items = [self._group_json(w) for w in self._workspaces.values()]
-        if "$filter" in query:
-            try:
-                odata = _ODataFilter(query["$filter"])
-            except ValueError as exc:
-                raise _error(400, "InvalidRequest", f"Invalid $filter: {exc}") from None
-            items = [g for g in items if odata.matches(g)]
-        items = items[skip:] if top is None else items[skip : skip + top]
-        return _Answer(
-            200,
-            {
-                "@odata.context": f"{self.base_url}/$metadata#groups",
-                "@odata.count": len(items),
-                "value": items,
-            },
-        )
-
-    def _running(self, dataset: _Dataset, now: float) -> _Refresh | None:
-        for refresh in dataset.refreshes:
-            if refresh.cancelled_at is None and now < refresh.start + refresh.duration:
-                return refresh
-        return None
-
-    def _start_refresh(self, workspace: _Workspace, dataset: _Dataset, body: Any) -> _Answer:
-        if body is None or body == "":
-            body = {}
-        if not isinstance(body, dict):
-            raise _error(400, "InvalidRequest", "The request body must be a JSON object")
-        unknown = sorted(set(body) - _REFRESH_FIELDS)
-        if unknown:
-            raise _error(400, "InvalidRequest", f"Unknown refresh request properties: {', '.join(unknown)}")
-        enhanced = bool(set(body) - {"notifyOption"})
-        if enhanced and "notifyOption" in body:
-            raise _error(
-                400,
-                "InvalidRequest",
-                "For enhanced refresh, notifyOption is not required and must be excluded from the request",
-            )
-        if enhanced and not workspace.dedicated:
-            raise _error(
-                400,
-                "InvalidRequest",
-                "Enhanced refresh is not supported for shared capacities; only notifyOption can be specified",
-            )
-        if not dataset.refreshable:
-            raise _error(400, "InvalidRequest", f"Dataset {dataset.id} is not refreshable (DirectQuery)")
-        now = self.clock()
-        if self._running(dataset, now) is not None:
-            raise _Answer(self.busy_status, {"error": {"code": "InvalidRequest", "message": _BUSY_MESSAGE}})
-        if not workspace.dedicated:
-            recent = [r for r in dataset.refreshes if r.start > now - DAY]
-            if len(recent) >= self.daily_limit:
-                raise _error(400, "Request Throttled", _DAILY_MESSAGE)
-        outcomes = self._outcomes.get(dataset.id)
-        refresh = _Refresh(
-            id=str(uuid.uuid4()),
-            dataset_id=dataset.id,
-            enhanced=enhanced,
-            start=now,
-            duration=self.refresh_duration,
-            body=dict(body),
-            outcome=outcomes.pop(0) if outcomes else None,
-        )
-        dataset.refreshes.append(refresh)
-        location = f"{self.base_url}/groups/{workspace.id}/datasets/{dataset.id}/refreshes/{refresh.id}"
-        available = {"RequestId": refresh.id, "x-ms-request-id": refresh.id, "Location": location}
-        names = self.refresh_headers
-        if names is None:
-            names = {"RequestId", "x-ms-request-id", "Location"} if enhanced else {"RequestId"}
-        answer = _Answer(202, None, {name: available[name] for name in available if name in names})
-        answer.add_request_id = "RequestId" in names
-        return answer
-
-    def _status(self, refresh: _Refresh, now: float) -> tuple[str, str, float | None]:
-        """(history status, extended status, end time or None while running)."""
-        if refresh.cancelled_at is not None:
-            return "Cancelled", "Cancelled", refresh.cancelled_at
-        end = refresh.start + refresh.duration
-        if now < end:
-            return "Unknown", ("NotStarted" if now - refresh.start < 1.0 else "InProgress"), None
-        if refresh.outcome is not None:
-            return "Failed", refresh.outcome.extended_status, end
-        return "Completed", "Completed", end
-
-    def _history_entry(self, refresh: _Refresh, now: float) -> dict[str, Any]:
-        status, _, end = self._status(refresh, now)
-        attempt: dict[str, Any] = {"attemptId": 1, "startTime": self._wall(refresh.start), "type": "Data"}
-        entry: dict[str, Any] = {
-            "requestId": refresh.id,
-            "refreshType": refresh.kind or ("ViaEnhancedApi" if refresh.enhanced else "ViaApi"),
-            "startTime": self._wall(refresh.start),
-            "status": status,
-        }
-        if end is not None:
-            entry["endTime"] = attempt["endTime"] = self._wall(end)
-        if status == "Failed" and refresh.outcome is not None:
-            entry["serviceExceptionJson"] = attempt["serviceExceptionJson"] = json.dumps(
-                refresh.outcome.service_exception
-            )
-        entry["refreshAttempts"] = [attempt]
-        return entry
-
-    def _history(self, dataset: _Dataset, query: Mapping[str, str]) -> _Answer:
-        top = _int_param(query, "$top", minimum=1) or 60
-        now = self.clock()
-        visible = [r for r in reversed(dataset.refreshes) if now >= r.start + self.history_lag]
-        return _Answer(
-            200,
-            {
-                "@odata.context": f"{self.base_url}/groups/{dataset.workspace_id}/$metadata#refreshes",
-                "value": [self._history_entry(r, now) for r in visible[:top]],
-            },
-        )
-
-    def _details(self, refresh: _Refresh) -> _Answer:
-        if not refresh.enhanced:
-            raise _error(404, "ItemNotFound", "Execution details exist only for enhanced refreshes")
-        now = self.clock()
-        status, extended, end = self._status(refresh, now)
-        # DatasetRefreshDetail.status has no "Cancelled" in the swagger; the detail is in extendedStatus.
-        detail_status = "Unknown" if status == "Cancelled" else status
-        kind = refresh.body.get("type", "Automatic")
-        object_status = extended if end is not None else "InProgress"
-        tables = [o.get("table") for o in refresh.body.get("objects", []) if isinstance(o, dict)] or ["Sales"]
-        payload: dict[str, Any] = {
-            "startTime": self._wall(refresh.start),
-            "type": kind,
-            "commitMode": refresh.body.get("commitMode", "Transactional"),
-            "status": detail_status,
-            "extendedStatus": extended,
-            "currentRefreshType": kind,
-            "numberOfAttempts": 0 if end is None else 1,
-            "objects": [{"table": t, "partition": t, "status": object_status} for t in tables],
-        }
-        if end is not None:
-            payload["endTime"] = self._wall(end)
-        if status == "Failed" and refresh.outcome is not None:
-            payload["messages"] = refresh.outcome.messages or []
-        return _Answer(202 if end is None else 200, payload)
-
-    def _cancel(self, refresh: _Refresh) -> _Answer:
-        if not refresh.enhanced:
-            raise _error(400, "InvalidRequest", "Only enhanced refresh operations can be cancelled")
-        now = self.clock()
-        if refresh.cancelled_at is not None or now >= refresh.start + refresh.duration:
-            raise _error(400, "InvalidRequest", "The refresh operation is not in progress")
-        refresh.cancelled_at = now
-        return _Answer(200)
+            raise api_error(403, "TokenExpired", "Access token has expired, resubmit with a new access token")
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -976,13 +351,13 @@ class PowerBISimulator:
         return {**{name: getattr(self, name) for name in names},
                 "refresh_headers": sorted(self.refresh_headers) if self.refresh_headers is not None else None}
 
-    def _admin(self, method: str, path: str, body: Any) -> _Answer:
+    def _admin(self, method: str, path: str, body: Any) -> Answer:
         data = body if isinstance(body, dict) else {}
         try:
             if (method, path) == ("GET", "/state"):
                 with self._lock:
                     now = self.clock()
-                    return _Answer(
+                    return Answer(
                         200,
                         {
                             "clock": now,
@@ -999,12 +374,12 @@ class PowerBISimulator:
                         },
                     )
             if (method, path) == ("POST", "/workspaces"):
-                return _Answer(
+                return Answer(
                     201,
                     {"id": self.add_workspace(str(data["name"]), bool(data.get("dedicated", False)), data.get("id"))},
                 )
             if (method, path) == ("POST", "/datasets"):
-                return _Answer(
+                return Answer(
                     201,
                     {
                         "id": self.add_dataset(
@@ -1017,23 +392,23 @@ class PowerBISimulator:
                 )
             if (method, path) == ("GET", "/requests"):
                 with self._lock:
-                    return _Answer(200, {"value": [asdict(r) for r in self.requests]})
+                    return Answer(200, {"value": [asdict(r) for r in self.requests]})
             if (method, path) == ("DELETE", "/requests"):
                 self.clear_requests()
-                return _Answer(204)
+                return Answer(204)
             if (method, path) == ("POST", "/faults"):
                 self._admin_fault(data)
-                return _Answer(204)
+                return Answer(204)
             if (method, path) == ("POST", "/advance"):
-                return _Answer(200, {"clock": self.advance(float(data["seconds"]))})
+                return Answer(200, {"clock": self.advance(float(data["seconds"]))})
             if (method, path) == ("PATCH", "/config"):
                 self._admin_config(data)
-                return _Answer(200, self.config())
+                return Answer(200, self.config())
             if (method, path) == ("POST", "/tokens"):
-                return _Answer(200, {"access_token": self.issue_token()})
+                return Answer(200, {"access_token": self.issue_token()})
         except (KeyError, TypeError, ValueError) as exc:
-            return _Answer(400, {"error": {"code": "BadSimulatorRequest", "message": repr(exc)}})
-        return _Answer(404, {"error": {"code": "NotFound", "message": f"no admin operation {method} {path}"}})
+            return Answer(400, {"error": {"code": "BadSimulatorRequest", "message": repr(exc)}})
+        return Answer(404, {"error": {"code": "NotFound", "message": f"no admin operation {method} {path}"}})
 
     def _admin_fault(self, data: Mapping[str, Any]) -> None:
         kind = data.get("kind")
@@ -1077,17 +452,6 @@ class PowerBISimulator:
                 names = data["refresh_headers"]
                 self.refresh_headers = None if names is None else {str(n) for n in names}
 
-
-def _int_param(query: Mapping[str, str], name: str, *, minimum: int) -> int | None:
-    if name not in query:
-        return None
-    try:
-        value = int(query[name])
-    except ValueError:
-        raise _error(400, "InvalidRequest", f"{name} must be an integer") from None
-    if value < minimum:
-        raise _error(400, "InvalidRequest", f"{name} must be at least {minimum}")
-    return value
 
 
 def _json_or_text(raw: bytes) -> Any:
