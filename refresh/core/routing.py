@@ -54,6 +54,13 @@ from refresh.core.routing_schema import (  # noqa: F401  (re-exported: the confi
 from refresh.jobs import adhoc
 from refresh.jobs.adhoc import AdhocAccess
 
+__all__ = [  # the routing config's public names: this module's own and the ones it re-exports
+    "DATASET_KEYS", "ENHANCED_OPTION_KEYS", "MAX_DELAY", "MAX_SLO_MINUTES", "MAX_TABLE_LENGTH", "REFRESH_KEYS",
+    "SOURCE_KEYS", "ConfigError", "DatasetConfig", "JsonObject", "Problems", "RefreshOptions", "RoutingConfig",
+    "Source", "compile_glob", "dataset_to_dict", "glob_problems", "json_object_hook", "load_config",
+    "parse_config", "parse_datasets", "segment_regex",
+]
+
 _ROUTE_CACHE_SIZE = 10_000
 
 
