@@ -49,8 +49,9 @@ class ConfigError(ValueError):
 # table globs
 
 
-def glob_problems(table: str) -> list[str]:
-    """What is wrong with a source ``table`` path or glob (empty list: nothing)."""
+def glob_problems(table: object) -> list[str]:
+    """What is wrong with a source ``table`` path or glob (empty list: nothing). ``table`` may be any
+    JSON value (the config parser passes what it read)."""
     if not isinstance(table, str):
         return [f"must be a string, got {json_type(table)}"]
     if table.strip() == "":

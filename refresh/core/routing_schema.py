@@ -351,7 +351,7 @@ DATASET_CHECKS: tuple[Callable[[dict[str, Any], str, Problems], None], ...] = (
 # parsing
 
 
-class JsonObject(dict):
+class JsonObject(dict[str, Any]):
     """A JSON object that remembers keys given more than once (``json`` keeps the last silently)."""
 
     duplicates: tuple[str, ...] = ()
@@ -402,7 +402,7 @@ def _validate_object(value: Any, path: str, keys: tuple[Key, ...],
     return values
 
 
-def _report_duplicates(value: dict, path: str, problems: Problems) -> None:
+def _report_duplicates(value: dict[str, Any], path: str, problems: Problems) -> None:
     for name in getattr(value, "duplicates", ()):
         problems.add(_child(path, name), "is given more than once (only the last would count)")
 

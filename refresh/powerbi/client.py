@@ -223,7 +223,7 @@ class PowerBIClient:
             raise ValueError("a workspace name or id must be a non-empty string")
         key = ("workspace", name_or_id)
         cached = self._cache_get(key)
-        if cached is not None:
+        if isinstance(cached, Workspace):
             return cached
         by_id = _is_guid(name_or_id)
         field = "id" if by_id else "name"

@@ -40,6 +40,7 @@ an error (Azure would dead-letter it).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
@@ -330,11 +331,11 @@ class LakeWatcher:
             self.delivered += 1
         targets = [t for t in self.blob_targets if t.matches(blob.name)]
         for target in targets:
-            self._submit(lambda t=target: self._run_blob(t, blob, 1), "blob")
+            self._submit(functools.partial(self._run_blob, target, blob, 1), "blob")
         if targets:
             return len(targets)
-        for target in self.event_targets:
-            self._submit(lambda t=target: self._run_created(t, blob), "eventgrid")
+        for event_target in self.event_targets:
+            self._submit(functools.partial(self._run_created, event_target, blob), "eventgrid")
         return len(self.event_targets)
 
     def route(self, event: Mapping[str, Any]) -> int:
@@ -347,13 +348,14 @@ class LakeWatcher:
                 else ("", "", "")
             if container != self.container_name or not name:
                 return 0
-            data = event.get("data") if isinstance(event.get("data"), Mapping) else {}
+            given = event.get("data")
+            data: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
             return self.deliver(NewBlob(unquote(name), str(data.get("eTag", "")), int(data.get("contentLength") or 0),
                                         time.time()))
         if kind == RENAMED:
             payload = dict(event)
-            for target in self.event_targets:
-                self._submit(lambda t=target: self.run_event(t, payload, 1, time.time()), "eventgrid")
+            for event_target in self.event_targets:
+                self._submit(functools.partial(self._run_renamed, event_target, payload), "eventgrid")
             return len(self.event_targets)
         return 0
 
@@ -436,6 +438,9 @@ class LakeWatcher:
                 return False
             blob.etag, blob.size = str(props.etag), int(props.size or 0)
         return self.run_event(target, self.created_event(blob), 1, blob.noticed)
+
+    def _run_renamed(self, target: EventTarget, event: dict[str, Any]) -> bool:
+        return self.run_event(target, event, 1, time.time())
 
     def run_event(self, target: EventTarget, event: dict[str, Any], attempt: int, noticed: float | None = None) -> bool:
         """Deliver one Event Grid event (retrying on Event Grid's schedule); True when the function succeeded."""

@@ -360,8 +360,8 @@ class LocalRuntime:
 
         port = self.args.port
         if port is None:
-            configured = settings.host_section.get("LocalHttpPort")
-            port = int(configured) if str(configured or "").isdigit() else DEFAULT_PORT
+            configured = str(settings.host_section.get("LocalHttpPort") or "")
+            port = int(configured) if configured.isdigit() else DEFAULT_PORT
         app_settings = get_settings()
         options = HostOptions(
             port=port, lake_poll_seconds=max(0.05, self.args.lake_poll), message_lock_seconds=self.args.message_lock,

@@ -56,17 +56,18 @@ QUICK_RETRY = {"initial_backoff": 0.5, "increment_base": 2, "random_jitter_range
 def storage_client(service: str, connection: str, settings: Mapping[str, str], timeout: float = 30.0) -> Any:
     """A blob or queue service client for a Functions connection setting (as refresh/core/connections.py reads
     it), with :data:`QUICK_RETRY`."""
+    from azure.storage.blob import BlobServiceClient
+    from azure.storage.queue import QueueServiceClient
+
     from refresh.core import connections
 
-    if service == "blob":
-        from azure.storage.blob import BlobServiceClient as cls
-    else:
-        from azure.storage.queue import QueueServiceClient as cls
+    cls: Any = BlobServiceClient if service == "blob" else QueueServiceClient  # same constructors
     kwargs: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout, **QUICK_RETRY}
     value = settings.get(connection)
     if value:
         return cls.from_connection_string(value, **kwargs)
     url = connections.service_url(connection, service, settings)
+    assert url is not None, "service_url returns None only when the connection string setting is set"
     return cls(url, credential=connections.credential_for(connection, settings), **kwargs)
 
 
@@ -161,10 +162,10 @@ class LocalHost:
                     self.descriptions.append(f"{spec.name}: eventGridTrigger (BlobRenamed, and BlobCreated no blob "
                                              "trigger takes; POST /runtime/webhooks/EventGrid)")
                 elif kind == "timerTrigger":
-                    runner = TimerRunner(spec, trigger, self.invoker, self.stop_event,
-                                         run_now=self.options.run_timers_now, monitor=self._timer_monitor())
-                    self.timer_runners.append(runner)
-                    self.descriptions.append(f"{spec.name}: timerTrigger {runner.schedule}")
+                    timer = TimerRunner(spec, trigger, self.invoker, self.stop_event,
+                                        run_now=self.options.run_timers_now, monitor=self._timer_monitor())
+                    self.timer_runners.append(timer)
+                    self.descriptions.append(f"{spec.name}: timerTrigger {timer.schedule}")
                 elif kind == "httpTrigger":
                     route = Route.from_binding(spec, trigger)
                     routes.append(route)

@@ -163,8 +163,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.owner.idle_timeout  # applied to the socket by StreamRequestHandler.setup
         super().setup()
+        # Per server, not per class (StreamRequestHandler.setup applies only the class-level ``timeout``).
+        self.connection.settimeout(self.server.owner.idle_timeout)
 
     def handle_one_request(self) -> None:
         try:
@@ -334,7 +335,8 @@ class HttpServer:
             return
         text = data.get("input", "") if isinstance(data, dict) else ""
         trigger = spec.trigger
-        kind, arg = trigger.get("type"), trigger.get("name")
+        kind, arg = trigger.get("type"), str(trigger.get("name"))
+        args: dict[str, Any]
         if kind == "timerTrigger":
             args = {arg: ft.TimerRequest(past_due=False, schedule_status=None, schedule={"AdjustForDST": False})}
         elif kind == "queueTrigger":
@@ -385,7 +387,8 @@ class HttpServer:
         events = payload if isinstance(payload, list) else [payload]
         if (handler.headers.get("aeg-event-type") or "").lower() == "subscriptionvalidation":
             first = events[0] if events and isinstance(events[0], dict) else {}
-            code = first.get("data").get("validationCode") if isinstance(first.get("data"), dict) else None
+            data = first.get("data")
+            code = data.get("validationCode") if isinstance(data, dict) else None
             if not isinstance(code, str):
                 self._refuse_events(handler, kind, "a SubscriptionValidation post needs data.validationCode")
                 return

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import random
@@ -189,7 +190,7 @@ class QueueRunner:
                 self._inflight.pop(message.id, None)
             return
         self.delivered += 1
-        future.add_done_callback(lambda f, e=entry: self._completed(e, f))
+        future.add_done_callback(functools.partial(self._completed, entry))
 
     def _decode(self, content: Any) -> bytes:
         if isinstance(content, bytes):

@@ -222,6 +222,8 @@ class FaultProxy:
 
     def _forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
         target = urlsplit(self.upstream)
+        if target.hostname is None:  # handled by the caller as an unreachable upstream
+            raise OSError(f"upstream {self.upstream!r} names no host")
         connection = http.client.HTTPConnection(target.hostname, target.port, timeout=UPSTREAM_TIMEOUT)
         try:
             out = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
