@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from refresh.core.routing_model import (  # noqa: F401  (re-exported: the config's public names)
+from refresh.core.routing_model import (
     ENHANCED_OPTION_KEYS,
     MAX_DELAY,
     MAX_SLO_MINUTES,
@@ -41,7 +41,7 @@ from refresh.core.routing_model import (  # noqa: F401  (re-exported: the config
     glob_problems,
     segment_regex,
 )
-from refresh.core.routing_schema import (  # noqa: F401  (re-exported: the config's public names)
+from refresh.core.routing_schema import (
     DATASET_KEYS,
     REFRESH_KEYS,
     SOURCE_KEYS,

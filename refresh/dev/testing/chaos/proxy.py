@@ -192,6 +192,7 @@ class FaultProxy:
         fault = self._take(method, urlsplit(path).path)
         kind = fault.kind if fault else None
         status: int | None = None
+        passage: Passage | None = None
         try:
             if fault is not None and fault.kind == "drop":
                 _close(handler)
@@ -201,6 +202,7 @@ class FaultProxy:
                 headers = {"RequestId": str(uuid.uuid4())}
                 if fault.retry_after is not None:
                     headers["Retry-After"] = f"{fault.retry_after:g}"
+                passage = self._record(method, path, kind, code)
                 status = _write(handler, code, headers, json.dumps(answer).encode())
             else:
                 if fault is not None and fault.kind == "delay":
@@ -213,12 +215,22 @@ class FaultProxy:
                         if fault.on_hit is not None:
                             fault.on_hit()
                         time.sleep(fault.seconds)
+                    passage = self._record(method, path, kind, code)
                     status = _write(handler, code, headers, payload)
         except OSError as exc:  # upstream unreachable, or the client went away
             log.debug("proxy: %s %s: %s", method, path, exc)
             _close(handler)
+        if passage is None:  # no answer was written: recorded now, before the connection closes
+            self._record(method, path, kind, None)
+        elif status is None:  # the answer could not be written after all
+            passage.status = None
+
+    def _record(self, method: str, path: str, kind: str | None, status: int | None) -> Passage:
+        """Log a passage before its answer leaves, so a client that has the answer finds it in the log."""
+        passage = Passage(time.time(), method, path, kind, status)
         with self._lock:
-            self.log.append(Passage(time.time(), method, path, kind, status))
+            self.log.append(passage)
+        return passage
 
     def _forward(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
         target = urlsplit(self.upstream)
