@@ -22,17 +22,30 @@ while the app was away) is skipped over once, recorded on the watermark, and not
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso
 from refresh.core.routing import RoutingConfig
-from refresh.detection.deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit, valid_text
+from refresh.detection.deltalog import (
+    CommitInfo,
+    LogReader,
+    MalformedCommit,
+    classify_commit,
+    close_lines,
+    valid_text,
+)
 from refresh.detection.watermarks import Watermark, Watermarks
 from refresh.jobs.pending import Change, DatasetStates
 
 log = logging.getLogger(__name__)
+
+LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
+_POOL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -53,13 +66,16 @@ class Detector:
     """Reads new commits of a table and turns them into pending refresh jobs."""
 
     def __init__(self, config: RoutingConfig, watermarks: Watermarks, states: DatasetStates,
-                 reader_for: Callable[[str], LogReader], clock: Clock, batch_size: int = 500) -> None:
+                 reader_for: Callable[[str], LogReader], clock: Clock, batch_size: int = 500,
+                 read_concurrency: int = 8) -> None:
         self.config = config
         self.watermarks = watermarks
         self.states = states
         self.reader_for = reader_for
         self.clock = clock
         self.batch_size = batch_size
+        self.read_concurrency = read_concurrency
+        self._reads: ThreadPoolExecutor | None = None
 
     def process(self, table: str, hint_version: int | None = None, *,
                 known: Watermark | None = None) -> TableResult:
@@ -98,24 +114,17 @@ class Detector:
         while True:
             batch: list[CommitInfo] = []
             error: MalformedCommit | None = None
-            while len(batch) < self.batch_size:
-                try:
-                    info = self._read(reader, next_version, mark)
-                except MalformedCommit as exc:
-                    error = exc
-                    break
-                if info is None:
-                    if not gap_checked and hint_version is not None and hint_version > next_version:
-                        gap_checked = True
-                        later = reader.commit_versions(after=next_version - 1)
-                        if later:
-                            mark.gap = f"versions {next_version}..{later[0] - 1} missing (log cleanup?)"
-                            log.warning("table %s: %s; continuing at %s", table, mark.gap, later[0])
-                            next_version = later[0]
-                            continue
-                    break
-                batch.append(info)
-                next_version = info.version + 1
+            batch, error, absent = self._read_run(reader, next_version, mark)
+            if absent and not gap_checked and hint_version is not None and hint_version > next_version:
+                gap_checked = True
+                later = reader.commit_versions(after=next_version - 1)
+                if later:
+                    mark.gap = f"versions {next_version}..{later[0] - 1} missing (log cleanup?)"
+                    log.warning("table %s: %s; continuing at %s", table, mark.gap, later[0])
+                    next_version = later[0]
+                    batch, error, absent = self._read_run(reader, next_version, mark)
+            if batch:
+                next_version = batch[-1].version + 1
             if batch:
                 self._route(table, batch, routes, result)
                 mark.version = batch[-1].version
@@ -184,8 +193,85 @@ class Detector:
         except tables.Conflict:
             return self.watermarks.get(table)
 
-    def _read(self, reader: LogReader, version: int, mark: Watermark) -> CommitInfo | None:
-        lines = reader.open_commit(version)
+    def _read_run(self, reader: LogReader, start: int, mark: Watermark
+                  ) -> tuple[list[CommitInfo], MalformedCommit | None, bool]:
+        """Up to ``batch_size`` consecutive commits from ``start``, classified in version order.
+
+        One read of ``start`` first (when it is absent, the usual case for a sweep, that is the only
+        request). When it exists, the rest of the run is found by listing the log in blocks of
+        :data:`LIST_BLOCK` versions (a listing costs what the final absent read used to) and read
+        concurrently, at most ``read_concurrency`` at a time, while classification stays in order.
+        Returns (commits, the malformed commit that stopped the run, whether ``start`` was absent).
+        """
+        batch: list[CommitInfo] = []
+        try:
+            first = self._classify(reader, start, reader.open_commit(start), mark)
+        except MalformedCommit as exc:
+            return batch, exc, False
+        if first is None:
+            return batch, None, True
+        batch.append(first)
+        run = self._following(reader, start + 1, self.batch_size - 1)
+        if not run:
+            return batch, None, False
+        pool = self._pool()
+        window = max(1, self.read_concurrency)
+        futures: deque[tuple[int, Future]] = deque()
+        pending = iter(run)
+        try:
+            for version in pending:
+                futures.append((version, pool.submit(reader.open_commit, version)))
+                if len(futures) >= window:
+                    break
+            while futures:
+                version, future = futures.popleft()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    futures.append((nxt, pool.submit(reader.open_commit, nxt)))
+                info = self._classify(reader, version, future.result(), mark)
+                if info is None:  # listed but gone (log cleanup racing us): stop, the next pass sees it
+                    break
+                batch.append(info)
+        except MalformedCommit as exc:
+            return batch, exc, False
+        finally:
+            for version, future in futures:
+                future.cancel()
+                if not future.cancelled():
+                    try:
+                        lines = future.result()
+                    except Exception as exc:  # only releasing; the pass already stopped
+                        log.debug("table %s: read of version %s after the stop failed: %s", reader.table, version, exc)
+                        continue
+                    if lines is not None:
+                        close_lines(lines)
+        return batch, None, False
+
+    def _following(self, reader: LogReader, start: int, limit: int) -> list[int]:
+        """The consecutive versions ``start``, ``start+1``, ... that the log lists (at most ``limit``)."""
+        run: list[int] = []
+        expected = start
+        while len(run) < limit:
+            block_end = (expected // LIST_BLOCK + 1) * LIST_BLOCK - 1
+            listed = reader.commit_versions(after=expected - 1, upto=block_end)
+            for version in listed:
+                if version != expected or len(run) >= limit:
+                    return run
+                run.append(version)
+                expected += 1
+            if expected <= block_end:  # the block ended before its last version: no more commits
+                return run
+        return run
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with _POOL_LOCK:
+            if self._reads is None:
+                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency),
+                                                 thread_name_prefix="commit-read")
+            return self._reads
+
+    def _classify(self, reader: LogReader, version: int, lines: Iterator[bytes] | None,
+                  mark: Watermark) -> CommitInfo | None:
         if lines is None:
             return None
         info = classify_commit(lines, table=reader.table, version=version, column_mapping=mark.column_mapping)
