@@ -574,8 +574,13 @@ def test_a_hint_for_a_covered_version_costs_one_read(azurite, unique):
         raw(app, table, v, [info(), add_line(f"f{v}")])
     app.detector.process(table, hint_version=1)  # reads all five
     counter.reset()
-    for v in range(1, 6):
+    for v in range(1, 6):  # in the process that handled them: nothing to read
         assert app.detector.process(table, hint_version=v).skipped == f"version {v} already handled"
+    assert counter.log == []
+    other, counter = counted_lake(azurite, unique)  # another instance: one read (its watermark) each
+    counter.reset()
+    for v in range(1, 6):
+        assert other.detector.process(table, hint_version=v).skipped == f"version {v} already handled"
     assert len(counter.log) == 5
 
 
@@ -598,3 +603,25 @@ def test_a_malformed_commit_inside_a_concurrent_run_stops_the_run_there(azurite,
     again = app.detector.process(table)
     assert [c.version for c in again.commits] == list(range(17, 40))
     assert app.watermarks.get(table).error == "" and app.watermarks.get(table).version == 39
+
+
+def test_concurrent_hints_for_one_table_read_each_commit_once(azurite, unique):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, counter = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in range(1, 41):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+    counter.reset()
+
+    with ThreadPoolExecutor(8) as pool:  # one event per commit, delivered at once (a burst)
+        results = list(pool.map(lambda v: app.detector.process(table, hint_version=v), range(1, 41)))
+
+    assert sorted(c.version for r in results for c in r.commits) == list(range(1, 41))
+    commit_reads = [p for m, _, p, _ in counter.log if m == "GET" and "_delta_log/0" in p]
+    assert len(commit_reads) == 40                       # each commit read once, by one pass
+    assert sum(1 for r in results if r.commits) == 1     # the other hints waited and were covered
+    job = pending_of(app.states.get("sales"))
+    assert job.sources[table].commits == 40 and app.watermarks.get(table).version == 40

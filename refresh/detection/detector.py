@@ -76,10 +76,17 @@ class Detector:
         self.batch_size = batch_size
         self.read_concurrency = read_concurrency
         self._reads: ThreadPoolExecutor | None = None
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._handled: dict[str, int] = {}   # table -> newest version this process moved its watermark to
 
     def process(self, table: str, hint_version: int | None = None, *,
                 known: Watermark | None = None) -> TableResult:
-        """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep)."""
+        """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep).
+
+        Passes over one table in this process run one at a time: hints that arrive while a pass runs
+        (a burst of commits) wait for it, and the versions it handled cost them no request at all.
+        """
         result = TableResult(table=table)
         if not valid_text(table):  # e.g. a "\ud800" escape in an event's JSON: no store could hold it
             result.skipped = "the table path is not valid Unicode (lone surrogate)"
@@ -89,6 +96,27 @@ class Detector:
         if not routes:
             result.skipped = "no configured dataset listens to this table"
             return result
+        with self._lock_for(table):
+            handled = self._handled.get(table)
+            if hint_version is not None and handled is not None and hint_version <= handled:
+                # a watermark only moves forward: what this process moved it to is covered for good
+                result.skipped = f"version {hint_version} already handled"
+                result.watermark = handled
+                return result
+            result = self._process(table, hint_version, known, routes, result)
+            if result.watermark is not None and not result.error and (result.commits or result.first_seen):
+                self._handled[table] = max(result.watermark, self._handled.get(table, -1))
+            return result
+
+    def _lock_for(self, table: str) -> threading.Lock:
+        with self._locks_lock:
+            lock = self._locks.get(table)
+            if lock is None:
+                lock = self._locks[table] = threading.Lock()
+            return lock
+
+    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: list,
+                 result: TableResult) -> TableResult:
         mark = known if known is not None else self.watermarks.get(table)
         reader = None
         if mark is not None and not mark.checked:
