@@ -625,3 +625,18 @@ def test_concurrent_hints_for_one_table_read_each_commit_once(azurite, unique):
     assert sum(1 for r in results if r.commits) == 1     # the other hints waited and were covered
     job = pending_of(app.states.get("sales"))
     assert job.sources[table].commits == 40 and app.watermarks.get(table).version == 40
+
+
+def test_a_gap_after_a_run_is_skipped_in_the_same_pass_when_hinted(azurite, unique):
+    app, _ = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in (1, 2, 3, 10, 11, 12):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+
+    result = app.detector.process(table, hint_version=12)
+
+    assert [c.version for c in result.commits] == [1, 2, 3, 10, 11, 12]
+    mark = app.watermarks.get(table)
+    assert mark.version == 12 and "4..9" in mark.gap

@@ -175,7 +175,11 @@ class Detector:
                     # another instance moved it; it has handled (or will handle) the same versions
                     log.info("table %s: watermark moved by another instance", table)
                     break
-            if error is not None or len(batch) < self.batch_size:
+            if error is not None:
+                break
+            if len(batch) < self.batch_size:
+                if batch and not gap_checked and hint_version is not None and hint_version >= next_version:
+                    continue  # the hinted version lies beyond the run: look for a gap once
                 break
         result.watermark = mark.version
         return result
