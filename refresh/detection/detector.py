@@ -6,10 +6,12 @@ Every detection path (blob trigger, Event Grid, the sweep) ends here. For one ta
    newest version its log has (no replay of history), handling that commit when an event announced a
    version the log has. A hinted version is only a hint: a watermark only ever moves to a version that
    was read from the log, so a forged or early event cannot move it past real commits;
-2. read the commits after the watermark in order, streaming each one (refresh/detection/deltalog.py);
-3. put the data-changing ones into the pending job of every dataset that listens to the table
-   (refresh/jobs/pending.py; idempotent per table and version);
-4. only then move the watermark, ETag-guarded. A crash between 3 and 4 re-reads the same commits on
+2. read the commits after the watermark: the next one, then (when it exists) the rest of the run found
+   by listing the log per block of 100 versions, read concurrently (bounded) and classified in
+   version order, streaming each one (refresh/detection/deltalog.py);
+3. put the data-changing ones into the pending job of every dataset that listens to the table, one
+   change per table and dataset per batch (refresh/jobs/pending.py; idempotent per table and version);
+4. only then move the watermark, ETag-guarded, once per batch. A crash between 3 and 4 re-reads the same commits on
    the next hint and step 3 ignores what it already recorded; two instances racing both record
    (once, thanks to step 3) and one of them wins the watermark.
 
@@ -17,6 +19,9 @@ A malformed commit (including kept texts that are not valid Unicode) stops that 
 version: the error is stored on the watermark entity (where ``python -m refresh explain`` and the
 status page show it) and the next pass retries it; other tables carry on. A version gap (log cleanup
 while the app was away) is skipped over once, recorded on the watermark, and not looped on.
+
+Within one process, passes over the same table run one at a time; a hint for a version this process
+already handled costs nothing, and one it cannot know about costs one read (the watermark).
 """
 
 from __future__ import annotations
