@@ -139,12 +139,14 @@ def run(mode: str, table_count: int, versions: int, datasets: int, azurite: Azur
         landed = time.time()
         commits = table_count * versions
         print(f"  {mode}: {commits} commits written in {landed - start:.1f} s", flush=True)
-        # done when every dataset has had a POST and nothing is pending or running anywhere,
-        # then watch one more debounce for a second refresh
+        # done when every table's watermark is at its last version, every dataset has had a POST
+        # and nothing is pending or running anywhere; then watch one more debounce for another refresh
         deadline = time.monotonic() + 600
         while True:
             posted = {k for k, i in ids.items() if any(i in p for p, _ in sim.post_times)}
-            if len(posted) == len(ids) and _idle(app, ids):
+            marks, _ = app.watermarks.all()
+            caught_up = all(m.version >= versions for m in marks.values()) and len(marks) == table_count
+            if caught_up and len(posted) == len(ids) and _idle(app, ids):
                 break
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"not every dataset refreshed ({len(posted)}/{len(ids)}); see {log_path}")
