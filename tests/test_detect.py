@@ -516,3 +516,127 @@ def test_the_sweep_repairs_a_watermark_an_older_version_set_past_the_log(lake):
     v2 = lake.write(bad, {"id": [2]})
     lake.blob_trigger(bad, v2)  # events reach it again
     assert lake.pending("sales").sources[bad].last_version == v2
+
+
+# batching: a run of new commits is read concurrently, classified in order, written once ------------
+def counted_lake(azurite, unique):
+    from tests.storage_counter import Requests
+
+    counter = Requests()
+    app = make_app(azurite.connection_string, CONFIG, token=unique, client_kwargs=counter.kwargs())
+    _ = app.states, app.watermarks, app.queue  # create the table and queue before counting
+    return app, counter
+
+
+def raw(app, table: str, version: int, lines: list[dict]) -> None:
+    body = "\n".join(json.dumps(x) for x in lines).encode()
+    app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(version)}", body, overwrite=True)
+
+
+def test_a_run_of_commits_is_read_concurrently_in_order_and_written_once(azurite, unique):
+    app, counter = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    assert app.detector.process(table).first_seen
+    for v in range(1, 151):  # crosses a listing block (versions 100..199)
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+    raw(app, table, 120, [info("OPTIMIZE"), add_line("o", data_change=False)])
+    counter.reset()
+
+    result = app.detector.process(table, hint_version=3)
+
+    assert [c.version for c in result.commits] == list(range(1, 151))  # in version order
+    assert [c.version for c in result.commits if not c.data_change] == [120]
+    commit_reads = [p for m, _, p, q in counter.log if m == "GET" and "_delta_log/0" in p]
+    assert len(commit_reads) == 150 and len(set(commit_reads)) == 150      # each commit read once
+    assert len(counter.listings()) == 2                                    # one per block of 100 versions
+    assert counter.max_in_flight > 1                                       # read concurrently
+    watermark_writes = [p for m, _, p, _ in counter.log if m in ("PUT", "MERGE", "POST")
+                        and "PartitionKey='watermark'" in p]
+    assert len(watermark_writes) == 1                                      # once per batch
+    for dataset in ("sales", "ops"):                                       # one job write per dataset
+        job = pending_of(app.states.get(dataset))
+        assert job.sources[table].commits == 149 and job.sources[table].last_version == 150
+    state = f"/{app.state_table.account_name}/{app.state_table.table_name}"
+    dataset_writes = [p for m, _, p, _ in counter.log
+                      if (m == "PUT" and "PartitionKey='dataset'" in p) or (m == "POST" and p == state)]
+    # per dataset a constant (the job, its outcome row, "enqueued" once sent), not one per commit
+    assert len(dataset_writes) <= 6
+    assert app.watermarks.get(table).version == 150
+
+
+def test_a_hint_for_a_covered_version_costs_one_read(azurite, unique):
+    app, counter = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in range(1, 6):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+    app.detector.process(table, hint_version=1)  # reads all five
+    counter.reset()
+    for v in range(1, 6):  # in the process that handled them: nothing to read
+        assert app.detector.process(table, hint_version=v).skipped == f"version {v} already handled"
+    assert counter.log == []
+    other, counter = counted_lake(azurite, unique)  # another instance: one read (its watermark) each
+    counter.reset()
+    for v in range(1, 6):
+        assert other.detector.process(table, hint_version=v).skipped == f"version {v} already handled"
+    assert len(counter.log) == 5
+
+
+def test_a_malformed_commit_inside_a_concurrent_run_stops_the_run_there(azurite, unique):
+    app, _ = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in range(1, 40):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+    app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(17)}", b"{not json", overwrite=True)
+
+    result = app.detector.process(table, hint_version=1)
+
+    assert [c.version for c in result.commits] == list(range(1, 17))
+    mark = app.watermarks.get(table)
+    assert mark.version == 16 and mark.error_version == 17
+    assert pending_of(app.states.get("sales")).sources[table].last_version == 16
+    raw(app, table, 17, [info(), add_line("fixed")])
+    again = app.detector.process(table)
+    assert [c.version for c in again.commits] == list(range(17, 40))
+    assert app.watermarks.get(table).error == "" and app.watermarks.get(table).version == 39
+
+
+def test_concurrent_hints_for_one_table_read_each_commit_once(azurite, unique):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, counter = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in range(1, 41):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+    counter.reset()
+
+    with ThreadPoolExecutor(8) as pool:  # one event per commit, delivered at once (a burst)
+        results = list(pool.map(lambda v: app.detector.process(table, hint_version=v), range(1, 41)))
+
+    assert sorted(c.version for r in results for c in r.commits) == list(range(1, 41))
+    commit_reads = [p for m, _, p, _ in counter.log if m == "GET" and "_delta_log/0" in p]
+    assert len(commit_reads) == 40                       # each commit read once, by one pass
+    assert sum(1 for r in results if r.commits) == 1     # the other hints waited and were covered
+    job = pending_of(app.states.get("sales"))
+    assert job.sources[table].commits == 40 and app.watermarks.get(table).version == 40
+
+
+def test_a_gap_after_a_run_is_skipped_in_the_same_pass_when_hinted(azurite, unique):
+    app, _ = counted_lake(azurite, unique)
+    table = "sales/fact_orders"
+    raw(app, table, 0, [info("CREATE TABLE"), add_line("a")])
+    app.detector.process(table)
+    for v in (1, 2, 3, 10, 11, 12):
+        raw(app, table, v, [info(), add_line(f"f{v}")])
+
+    result = app.detector.process(table, hint_version=12)
+
+    assert [c.version for c in result.commits] == [1, 2, 3, 10, 11, 12]
+    mark = app.watermarks.get(table)
+    assert mark.version == 12 and "4..9" in mark.gap

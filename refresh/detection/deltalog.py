@@ -361,8 +361,8 @@ class LogReader(Protocol):
         """The commit's lines, or None if that commit does not exist."""
         ...
 
-    def commit_versions(self, after: int | None = None) -> list[int]:
-        """Sorted versions of the commit files (only those > ``after`` if given)."""
+    def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
+        """Sorted versions of the commit files (only those > ``after`` and <= ``upto`` if given)."""
         ...
 
     def latest_version(self) -> int | None:
@@ -378,6 +378,9 @@ def _close(lines: Iterator[bytes]) -> None:
     close = getattr(lines, "close", None)
     if close is not None:
         close()
+
+
+close_lines = _close
 
 
 def _find_column_mapping(reader: LogReader, before_version: int, limit: int) -> dict[str, str]:
@@ -445,7 +448,7 @@ class _FileLines(Iterator[bytes]):
 class _ReaderBase:
     """What every :class:`LogReader` derives from its ``commit_versions`` and ``open_commit``."""
 
-    def commit_versions(self, after: int | None = None) -> list[int]:
+    def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
         raise NotImplementedError
 
     def latest_version(self) -> int | None:
@@ -474,15 +477,16 @@ class LocalLogReader(_ReaderBase):
             return None
         return _FileLines(handle)
 
-    def commit_versions(self, after: int | None = None) -> list[int]:
-        """Sorted versions of the commit files in ``_delta_log`` (> ``after`` if given)."""
+    def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
+        """Sorted versions of the commit files in ``_delta_log`` (> ``after``, <= ``upto`` if given)."""
         floor = -1 if after is None else after
+        ceiling = MAX_VERSION if upto is None else min(upto, MAX_VERSION)
         versions: list[int] = []
         try:
             with os.scandir(self._log) as entries:
                 for entry in entries:
                     version = commit_version(entry.name)
-                    if version is not None and floor < version <= MAX_VERSION and entry.is_file():
+                    if version is not None and floor < version <= ceiling and entry.is_file():
                         versions.append(version)
         except FileNotFoundError:
             return []
@@ -491,10 +495,10 @@ class LocalLogReader(_ReaderBase):
 
 
 
-def _listing_prefix(after: int | None) -> str:
-    """Leading digits every commit version in ``(after, MAX_VERSION]`` shares (usually ``"0"``)."""
+def _listing_prefix(after: int | None, upto: int | None = None) -> str:
+    """Leading digits every commit version in ``(after, upto]`` shares (``upto`` default: the largest)."""
     low = f"{0 if after is None or after < 0 else after + 1:020d}"
-    high = f"{MAX_VERSION:020d}"
+    high = f"{MAX_VERSION if upto is None else max(0, min(upto, MAX_VERSION)):020d}"
     shared = 0
     while shared < min(len(low), len(high)) and low[shared] == high[shared]:
         shared += 1
@@ -525,23 +529,25 @@ class BlobLogReader(_ReaderBase):
         self.modified[version] = getattr(downloader.properties, "last_modified", None)
         return iter_lines(downloader.chunks())
 
-    def commit_versions(self, after: int | None = None) -> list[int]:
-        """Sorted commit versions (> ``after`` if given), listing only the ``_delta_log`` level.
+    def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
+        """Sorted commit versions (> ``after``, <= ``upto`` if given), listing only the ``_delta_log`` level.
 
-        The listing prefix is narrowed to the leading digits shared by every possible version above
-        ``after`` (versions fit in a signed 64-bit integer, so at least ``0``); filtering is exact.
+        The listing prefix is narrowed to the leading digits shared by every possible version in
+        ``(after, upto]`` (versions fit in a signed 64-bit integer, so at least ``0``; a block of 100
+        versions shares 18 digits); filtering is exact.
         """
         from azure.storage.blob import BlobPrefix
 
-        prefix = self._prefix + _listing_prefix(after)
+        prefix = self._prefix + _listing_prefix(after, upto)
         floor = -1 if after is None else after
+        ceiling = MAX_VERSION if upto is None else min(upto, MAX_VERSION)
         start = len(self._prefix)
         versions: list[int] = []
         for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
             if isinstance(item, BlobPrefix):  # a subfolder such as _staged_commits/
                 continue
             version = commit_version(item.name[start:])
-            if version is not None and floor < version <= MAX_VERSION:
+            if version is not None and floor < version <= ceiling:
                 versions.append(version)
         versions.sort()
         return versions

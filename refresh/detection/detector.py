@@ -6,10 +6,12 @@ Every detection path (blob trigger, Event Grid, the sweep) ends here. For one ta
    newest version its log has (no replay of history), handling that commit when an event announced a
    version the log has. A hinted version is only a hint: a watermark only ever moves to a version that
    was read from the log, so a forged or early event cannot move it past real commits;
-2. read the commits after the watermark in order, streaming each one (refresh/detection/deltalog.py);
-3. put the data-changing ones into the pending job of every dataset that listens to the table
-   (refresh/jobs/pending.py; idempotent per table and version);
-4. only then move the watermark, ETag-guarded. A crash between 3 and 4 re-reads the same commits on
+2. read the commits after the watermark: the next one, then (when it exists) the rest of the run found
+   by listing the log per block of 100 versions, read concurrently (bounded) and classified in
+   version order, streaming each one (refresh/detection/deltalog.py);
+3. put the data-changing ones into the pending job of every dataset that listens to the table, one
+   change per table and dataset per batch (refresh/jobs/pending.py; idempotent per table and version);
+4. only then move the watermark, ETag-guarded, once per batch. A crash between 3 and 4 re-reads the same commits on
    the next hint and step 3 ignores what it already recorded; two instances racing both record
    (once, thanks to step 3) and one of them wins the watermark.
 
@@ -17,23 +19,39 @@ A malformed commit (including kept texts that are not valid Unicode) stops that 
 version: the error is stored on the watermark entity (where ``python -m refresh explain`` and the
 status page show it) and the next pass retries it; other tables carry on. A version gap (log cleanup
 while the app was away) is skipped over once, recorded on the watermark, and not looped on.
+
+Within one process, passes over the same table run one at a time; a hint for a version this process
+already handled costs nothing, and one it cannot know about costs one read (the watermark).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso
 from refresh.core.routing import RoutingConfig
-from refresh.detection.deltalog import CommitInfo, LogReader, MalformedCommit, classify_commit, valid_text
+from refresh.detection.deltalog import (
+    CommitInfo,
+    LogReader,
+    MalformedCommit,
+    classify_commit,
+    close_lines,
+    valid_text,
+)
 from refresh.detection.watermarks import Watermark, Watermarks
 from refresh.jobs.pending import Change, DatasetStates
 from refresh.monitoring.freshness_tracker import commit_times
 
 log = logging.getLogger(__name__)
+
+LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
+_POOL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -54,17 +72,27 @@ class Detector:
     """Reads new commits of a table and turns them into pending refresh jobs."""
 
     def __init__(self, config: RoutingConfig, watermarks: Watermarks, states: DatasetStates,
-                 reader_for: Callable[[str], LogReader], clock: Clock, batch_size: int = 500) -> None:
+                 reader_for: Callable[[str], LogReader], clock: Clock, batch_size: int = 500,
+                 read_concurrency: int = 8) -> None:
         self.config = config
         self.watermarks = watermarks
         self.states = states
         self.reader_for = reader_for
         self.clock = clock
         self.batch_size = batch_size
+        self.read_concurrency = read_concurrency
+        self._reads: ThreadPoolExecutor | None = None
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._handled: dict[str, int] = {}   # table -> newest version this process moved its watermark to
 
     def process(self, table: str, hint_version: int | None = None, *,
                 known: Watermark | None = None) -> TableResult:
-        """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep)."""
+        """Handle whatever is new in ``table``. ``known`` is a watermark already read (the sweep).
+
+        Passes over one table in this process run one at a time: hints that arrive while a pass runs
+        (a burst of commits) wait for it, and the versions it handled cost them no request at all.
+        """
         result = TableResult(table=table)
         if not valid_text(table):  # e.g. a "\ud800" escape in an event's JSON: no store could hold it
             result.skipped = "the table path is not valid Unicode (lone surrogate)"
@@ -74,6 +102,27 @@ class Detector:
         if not routes:
             result.skipped = "no configured dataset listens to this table"
             return result
+        with self._lock_for(table):
+            handled = self._handled.get(table)
+            if hint_version is not None and handled is not None and hint_version <= handled:
+                # a watermark only moves forward: what this process moved it to is covered for good
+                result.skipped = f"version {hint_version} already handled"
+                result.watermark = handled
+                return result
+            result = self._process(table, hint_version, known, routes, result)
+            if result.watermark is not None and not result.error and (result.commits or result.first_seen):
+                self._handled[table] = max(result.watermark, self._handled.get(table, -1))
+            return result
+
+    def _lock_for(self, table: str) -> threading.Lock:
+        with self._locks_lock:
+            lock = self._locks.get(table)
+            if lock is None:
+                lock = self._locks[table] = threading.Lock()
+            return lock
+
+    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: list,
+                 result: TableResult) -> TableResult:
         mark = known if known is not None else self.watermarks.get(table)
         reader = None
         if mark is not None and not mark.checked:
@@ -99,24 +148,17 @@ class Detector:
         while True:
             batch: list[CommitInfo] = []
             error: MalformedCommit | None = None
-            while len(batch) < self.batch_size:
-                try:
-                    info = self._read(reader, next_version, mark)
-                except MalformedCommit as exc:
-                    error = exc
-                    break
-                if info is None:
-                    if not gap_checked and hint_version is not None and hint_version > next_version:
-                        gap_checked = True
-                        later = reader.commit_versions(after=next_version - 1)
-                        if later:
-                            mark.gap = f"versions {next_version}..{later[0] - 1} missing (log cleanup?)"
-                            log.warning("table %s: %s; continuing at %s", table, mark.gap, later[0])
-                            next_version = later[0]
-                            continue
-                    break
-                batch.append(info)
-                next_version = info.version + 1
+            batch, error, absent = self._read_run(reader, next_version, mark)
+            if absent and not gap_checked and hint_version is not None and hint_version > next_version:
+                gap_checked = True
+                later = reader.commit_versions(after=next_version - 1)
+                if later:
+                    mark.gap = f"versions {next_version}..{later[0] - 1} missing (log cleanup?)"
+                    log.warning("table %s: %s; continuing at %s", table, mark.gap, later[0])
+                    next_version = later[0]
+                    batch, error, absent = self._read_run(reader, next_version, mark)
+            if batch:
+                next_version = batch[-1].version + 1
             if batch:
                 self._route(table, batch, routes, result, reader)
                 mark.version = batch[-1].version
@@ -139,7 +181,11 @@ class Detector:
                     # another instance moved it; it has handled (or will handle) the same versions
                     log.info("table %s: watermark moved by another instance", table)
                     break
-            if error is not None or len(batch) < self.batch_size:
+            if error is not None:
+                break
+            if len(batch) < self.batch_size:
+                if batch and not gap_checked and hint_version is not None and hint_version >= next_version:
+                    continue  # the hinted version lies beyond the run: look for a gap once
                 break
         result.watermark = mark.version
         return result
@@ -185,8 +231,85 @@ class Detector:
         except tables.Conflict:
             return self.watermarks.get(table)
 
-    def _read(self, reader: LogReader, version: int, mark: Watermark) -> CommitInfo | None:
-        lines = reader.open_commit(version)
+    def _read_run(self, reader: LogReader, start: int, mark: Watermark
+                  ) -> tuple[list[CommitInfo], MalformedCommit | None, bool]:
+        """Up to ``batch_size`` consecutive commits from ``start``, classified in version order.
+
+        One read of ``start`` first (when it is absent, the usual case for a sweep, that is the only
+        request). When it exists, the rest of the run is found by listing the log in blocks of
+        :data:`LIST_BLOCK` versions (a listing costs what the final absent read used to) and read
+        concurrently, at most ``read_concurrency`` at a time, while classification stays in order.
+        Returns (commits, the malformed commit that stopped the run, whether ``start`` was absent).
+        """
+        batch: list[CommitInfo] = []
+        try:
+            first = self._classify(reader, start, reader.open_commit(start), mark)
+        except MalformedCommit as exc:
+            return batch, exc, False
+        if first is None:
+            return batch, None, True
+        batch.append(first)
+        run = self._following(reader, start + 1, self.batch_size - 1)
+        if not run:
+            return batch, None, False
+        pool = self._pool()
+        window = max(1, self.read_concurrency)
+        futures: deque[tuple[int, Future]] = deque()
+        pending = iter(run)
+        try:
+            for version in pending:
+                futures.append((version, pool.submit(reader.open_commit, version)))
+                if len(futures) >= window:
+                    break
+            while futures:
+                version, future = futures.popleft()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    futures.append((nxt, pool.submit(reader.open_commit, nxt)))
+                info = self._classify(reader, version, future.result(), mark)
+                if info is None:  # listed but gone (log cleanup racing us): stop, the next pass sees it
+                    break
+                batch.append(info)
+        except MalformedCommit as exc:
+            return batch, exc, False
+        finally:
+            for version, future in futures:
+                future.cancel()
+                if not future.cancelled():
+                    try:
+                        lines = future.result()
+                    except Exception as exc:  # only releasing; the pass already stopped
+                        log.debug("table %s: read of version %s after the stop failed: %s", reader.table, version, exc)
+                        continue
+                    if lines is not None:
+                        close_lines(lines)
+        return batch, None, False
+
+    def _following(self, reader: LogReader, start: int, limit: int) -> list[int]:
+        """The consecutive versions ``start``, ``start+1``, ... that the log lists (at most ``limit``)."""
+        run: list[int] = []
+        expected = start
+        while len(run) < limit:
+            block_end = (expected // LIST_BLOCK + 1) * LIST_BLOCK - 1
+            listed = reader.commit_versions(after=expected - 1, upto=block_end)
+            for version in listed:
+                if version != expected or len(run) >= limit:
+                    return run
+                run.append(version)
+                expected += 1
+            if expected <= block_end:  # the block ended before its last version: no more commits
+                return run
+        return run
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with _POOL_LOCK:
+            if self._reads is None:
+                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency),
+                                                 thread_name_prefix="commit-read")
+            return self._reads
+
+    def _classify(self, reader: LogReader, version: int, lines: Iterator[bytes] | None,
+                  mark: Watermark) -> CommitInfo | None:
         if lines is None:
             return None
         info = classify_commit(lines, table=reader.table, version=version, column_mapping=mark.column_mapping)

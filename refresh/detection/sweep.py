@@ -1,27 +1,25 @@
 """The safety net: probe every configured gold table for commits the events did not announce.
 
 Explicit tables come straight from the routing config; globs are expanded by listing the gold
-container one directory level at a time (never descending into a table, whose data files can be
-many). All watermarks are read in one query; then each table costs one request when nothing is new
-(a read of the commit after its watermark, which is absent).
+container one directory level at a time, in parallel, never descending into a table and listing only
+folders that are not tables already known from the last sweep (refresh/detection/globs.py). All
+watermarks, the remembered glob expansions and the pending jobs whose message may be missing are read
+in one query; then each table costs one request when nothing is new (a read of the commit after its
+watermark, which is absent).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from refresh.core.routing import segment_regex
 from refresh.detection.detector import Detector, TableResult
+from refresh.detection.globs import GLOB_FILTER, PK_GLOB, Expansion, GlobWalker, expand_glob, expansion_of, remember
 from refresh.detection.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
-
-MAX_DEPTH = 12
-
 
 @dataclass
 class SweepResult:
@@ -34,71 +32,17 @@ class SweepResult:
     repaired: int = 0
 
 
-def expand_glob(container: Any, pattern: str) -> list[str]:
-    """Table roots in ``container`` matching ``pattern`` (``*`` one segment, ``**`` any depth)."""
-    segments = pattern.split("/")
-    matchers = [None if seg == "**" else re.compile(segment_regex(seg)) for seg in segments]
-    found: list[str] = []
-
-    def children(prefix: str) -> tuple[list[str], bool]:
-        dirs, is_table = [], False
-        for item in container.walk_blobs(name_starts_with=prefix, delimiter="/"):
-            name = item.name
-            if name.endswith("/"):
-                child = name[len(prefix):-1]
-                if child == "_delta_log":
-                    is_table = True
-                else:
-                    dirs.append(child)
-        return dirs, is_table
-
-    def walk(prefix: str, states: set[int], depth: int) -> None:
-        # states: indexes into `segments` still to match (NFA over segments; '**' may match zero)
-        states = _close(states)
-        dirs, is_table = children(prefix)
-        if is_table:
-            if len(segments) in states:
-                found.append(prefix.rstrip("/"))
-            return
-        if depth >= MAX_DEPTH:
-            return
-        for child in dirs:
-            nxt: set[int] = set()
-            for i in states:
-                if i >= len(segments):
-                    continue
-                matcher = matchers[i]
-                if matcher is None:  # '**'
-                    nxt.add(i)
-                elif matcher.fullmatch(child):
-                    nxt.add(i + 1)
-            if nxt:
-                walk(f"{prefix}{child}/", nxt, depth + 1)
-
-    def _close(states: set[int]) -> set[int]:
-        closed = set(states)
-        for i in sorted(states):
-            j = i
-            while j < len(segments) and segments[j] == "**":
-                j += 1
-                closed.add(j)
-        return closed
-
-    # start below the static (glob-free) leading segments
-    static = []
-    for seg in segments:
-        if "*" in seg:
-            break
-        static.append(seg)
-    prefix = "/".join(static) + "/" if static else ""
-    walk(prefix, {len(static)}, len(static))
-    return sorted(set(found))
-
-
-def configured_tables(config: Any, container: Any) -> list[str]:
+def configured_tables(config: Any, container: Any, remembered: dict[str, Expansion] | None = None,
+                      state_table: Any = None, concurrency: int = 16) -> list[str]:
+    """Explicit tables plus every glob's expansion (from ``remembered`` ones, stored again if changed)."""
     tables_ = set(config.explicit_tables())
+    walker = GlobWalker(container, concurrency)
     for pattern in config.glob_sources():
-        tables_.update(expand_glob(container, pattern))
+        previous = (remembered or {}).get(pattern)
+        matched = walker.expand(pattern, previous.tables if previous else None)
+        if state_table is not None:
+            remember(state_table, previous, pattern, matched)
+        tables_.update(matched)
     return sorted(tables_)
 
 
@@ -106,9 +50,22 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
           concurrency: int = 16) -> SweepResult:
     """Probe every configured table; returns what was found."""
     result = SweepResult()
-    names = configured_tables(detector.config, container)
-    # one query: every watermark, plus pending jobs whose queue message may not have been sent
-    marks, unsent = watermarks.all(also=states.UNSENT_FILTER if states is not None else None)
+    # one query: every watermark, the remembered glob expansions, and pending jobs whose queue
+    # message may not have been sent
+    also = GLOB_FILTER if detector.config.glob_sources() else None
+    if states is not None:
+        also = f"{also} or {states.UNSENT_FILTER}" if also else states.UNSENT_FILTER
+    marks, others = watermarks.all(also=also)
+    remembered: dict[str, Expansion] = {}
+    unsent = []
+    for entity in others:
+        if entity["PartitionKey"] == PK_GLOB:
+            expansion = expansion_of(entity)
+            if expansion is not None:
+                remembered[expansion.pattern] = expansion
+        else:
+            unsent.append(entity)
+    names = configured_tables(detector.config, container, remembered, watermarks.table, concurrency)
     result.tables = len(names)
 
     def one(table: str) -> TableResult:
@@ -132,3 +89,5 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
     log.info("sweep: %s tables, %s new commits, %s datasets with jobs, %s errors",
              result.tables, result.new_commits, len(result.jobs), len(result.errors))
     return result
+
+__all__ = ["SweepResult", "configured_tables", "expand_glob", "sweep"]

@@ -1,0 +1,58 @@
+"""``python benchmarks/counting_runtime.py local ...``: ``python -m refresh local`` whose function app counts
+its storage requests (a ``raw_request_hook`` on every client the App builds; the runtime's own lake
+watcher and queue pollers use other clients and are not counted). The counts (by service port and
+method) are written as JSON to ``$COUNT_FILE`` every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COUNTS: dict[str, int] = {}
+LOCK = threading.Lock()
+
+
+def hook(request) -> None:
+    http = request.http_request
+    port = http.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[-1]
+    key = f"{port} {http.method}"
+    with LOCK:
+        COUNTS[key] = COUNTS.get(key, 0) + 1
+
+
+def dump(path: Path) -> None:
+    while True:
+        with LOCK:
+            text = json.dumps(COUNTS)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        time.sleep(0.2)
+
+
+def main() -> int:
+    from refresh.core import context
+
+    original = context.App.__init__
+
+    def counted(self, *args, **kwargs) -> None:
+        kwargs["client_kwargs"] = {**(kwargs.get("client_kwargs") or {}), "raw_request_hook": hook}
+        original(self, *args, **kwargs)
+
+    context.App.__init__ = counted
+    threading.Thread(target=dump, args=(Path(os.environ["COUNT_FILE"]),), daemon=True).start()
+    from refresh.__main__ import main as refresh_main
+
+    return refresh_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
