@@ -448,6 +448,11 @@ class _FileLines(Iterator[bytes]):
 class _ReaderBase:
     """What every :class:`LogReader` derives from its ``commit_versions`` and ``open_commit``."""
 
+    table: str
+
+    def open_commit(self, version: int) -> Iterator[bytes] | None:
+        raise NotImplementedError
+
     def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
         raise NotImplementedError
 

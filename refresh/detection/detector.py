@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso
@@ -121,7 +122,7 @@ class Detector:
                 lock = self._locks[table] = threading.Lock()
             return lock
 
-    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: list,
+    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: list[tuple[str, frozenset[str] | None]],
                  result: TableResult) -> TableResult:
         mark = known if known is not None else self.watermarks.get(table)
         reader = None
@@ -254,7 +255,7 @@ class Detector:
             return batch, None, False
         pool = self._pool()
         window = max(1, self.read_concurrency)
-        futures: deque[tuple[int, Future]] = deque()
+        futures: deque[tuple[int, Future[Any]]] = deque()
         pending = iter(run)
         try:
             for version in pending:
@@ -323,7 +324,7 @@ class Detector:
         mark.column_mapping = dict(info.column_mapping)
         return info
 
-    def _route(self, table: str, batch: list[CommitInfo], routes: list, result: TableResult,
+    def _route(self, table: str, batch: list[CommitInfo], routes: list[tuple[str, frozenset[str] | None]], result: TableResult,
                reader: LogReader | None = None) -> None:
         changed = [c.version for c in batch if c.data_change]
         modified = getattr(reader, "modified", None)
@@ -352,7 +353,7 @@ class Detector:
                          changed[0], changed[-1], table, recorded.due_at)
 
 
-def _short(partitions: list[dict], limit: int = 3) -> str:
+def _short(partitions: list[dict[str, Any]], limit: int = 3) -> str:
     if not partitions:
         return "-"
     text = ";".join(",".join(f"{k}={v}" for k, v in p.items()) for p in partitions[:limit])
