@@ -49,6 +49,9 @@ from refresh.detection.watermarks import Watermark, Watermarks
 from refresh.jobs.pending import Change, DatasetStates
 from refresh.monitoring.freshness_tracker import commit_times
 
+Routes = list[tuple[str, frozenset[str] | None]]
+"""``(dataset key, model tables or None for the whole model)`` for each dataset a table feeds."""
+
 log = logging.getLogger(__name__)
 
 LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
@@ -122,7 +125,7 @@ class Detector:
                 lock = self._locks[table] = threading.Lock()
             return lock
 
-    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: list[tuple[str, frozenset[str] | None]],
+    def _process(self, table: str, hint_version: int | None, known: Watermark | None, routes: Routes,
                  result: TableResult) -> TableResult:
         mark = known if known is not None else self.watermarks.get(table)
         reader = None
@@ -324,7 +327,7 @@ class Detector:
         mark.column_mapping = dict(info.column_mapping)
         return info
 
-    def _route(self, table: str, batch: list[CommitInfo], routes: list[tuple[str, frozenset[str] | None]], result: TableResult,
+    def _route(self, table: str, batch: list[CommitInfo], routes: Routes, result: TableResult,
                reader: LogReader | None = None) -> None:
         changed = [c.version for c in batch if c.data_change]
         modified = getattr(reader, "modified", None)
