@@ -134,6 +134,7 @@ def decode(body: str | bytes) -> JobMessage:
         problems.append("sent_at: must be an ISO-8601 string")
     if problems:
         raise BadMessage("; ".join(problems))
+    assert isinstance(type_, str) and isinstance(dataset, str) and isinstance(job_id, str)  # checked above
     return JobMessage(type=type_, dataset=dataset, job_id=job_id, sent_at=sent_at, attempt=attempt)
 
 

@@ -191,8 +191,10 @@ class DatasetStates:
             except tables.Conflict:
                 continue
             if result.created:
+                created = pending_of(updated)
+                assert created is not None and result.job_id is not None and result.due_at is not None
                 if self.on_created is not None:
-                    self.on_created(dataset, pending_of(updated))
+                    self.on_created(dataset, created)
                 self._send(dataset, result.job_id, result.due_at)
             else:
                 if result.joined == "running":
@@ -201,6 +203,7 @@ class DatasetStates:
                 if result.earlier:
                     # the message already queued is for the old due time; the worker drops whichever
                     # of the two arrives after the job has started
+                    assert result.job_id is not None and result.due_at is not None
                     now = self.clock.now()
                     delay = (parse_iso(result.due_at) - now).total_seconds()
                     messages.send(self.queue, messages.JobMessage.new("job", dataset, result.job_id, now), delay)
@@ -221,7 +224,7 @@ class DatasetStates:
         for _ in range(MAX_CONFLICT_RETRIES):
             entity = self.get(dataset)
             job = pending_of(entity)
-            if job is None or job.job_id != job_id or tables.value(entity, "enqueued"):
+            if entity is None or job is None or job.job_id != job_id or tables.value(entity, "enqueued"):
                 return
             entity["enqueued"] = True
             try:
@@ -253,7 +256,7 @@ class DatasetStates:
             repaired += 1
         return repaired
 
-    def update(self, dataset: str, mutate: Callable[[dict], bool]) -> Any | None:
+    def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
         """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
 
         ``mutate`` returns False to leave the entity unchanged. Returns the entity as written (or None).
@@ -276,7 +279,7 @@ def pending_of(entity: Any | None) -> PendingJob | None:
     return PendingJob.from_dict(data) if data else None
 
 
-def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict | None, Recorded]:
+def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict[str, Any] | None, Recorded]:
     covered: dict[str, int] = tables.get_json(entity, "covered", {}) or {}
     versions: tuple[int, ...] = ()
     if change.table is not None:
@@ -339,7 +342,7 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
                           earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
 
 
-def _note_commit_times(data: dict, table: str, commits: list[CommitTime]) -> None:
+def _note_commit_times(data: dict[str, Any], table: str, commits: list[CommitTime]) -> None:
     """The commits' times in the dataset's freshness record, in the same write as the job (no extra request)."""
     record = FreshnessRecord.from_entity(data)
     if commits and record_commits(record, table, commits):
@@ -370,7 +373,7 @@ def _joinable_running(entity: Any | None, change: Change, now: datetime) -> Runn
     return running
 
 
-def _join_running(entity: Any, running: RunningJob, change: Change) -> tuple[dict, Recorded]:
+def _join_running(entity: Any, running: RunningJob, change: Change) -> tuple[dict[str, Any], Recorded]:
     joins = running_joins(entity, running.job_id)
     add_unique(joins.triggers, [change.trigger])
     add_unique(joins.requested_by, [change.requested_by] if change.requested_by else [])

@@ -54,7 +54,7 @@ def find_own_refresh(powerbi: Any, running: RunningJob, ours: set[str]) -> Found
     candidates = [e for e in history
                   if e.start_time is not None and e.start_time >= since - timedelta(seconds=CLOCK_SKEW)
                   and (e.refresh_type or "").lower() == kind and e.request_id and e.request_id not in ours]
-    for entry in sorted(candidates, key=lambda e: e.start_time):  # type: ignore[arg-type,return-value]
+    for entry in sorted(candidates, key=lambda e: e.start_time or since):
         assert entry.start_time is not None
         matched = _details_match(powerbi, running, entry) if running.enhanced else ""
         if matched is None:

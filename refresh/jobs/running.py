@@ -204,8 +204,10 @@ def sources_of(job: PendingJob) -> dict[str, Any]:
 
 def new_claim(job: PendingJob, now: datetime, *, enhanced: bool, timeout_minutes: int, names: dict[str, str],
               daily_limit: int | None, attempts: int) -> RunningJob:
-    """The record written when a job takes the dataset's lease (the POST is about to be sent)."""
+    """The record written when a job takes the dataset's lease (the POST is about to be sent); ``names``:
+    ``workspace_id``, ``workspace_name``, ``dataset_id``, ``dataset_name``."""
     return RunningJob(job_id=job.job_id, claimed_at=iso(now), job=capped_job(job), enhanced=enhanced,
                       lease_until=iso(now + timedelta(minutes=timeout_minutes + 15)),
                       timeout_at=iso(now + timedelta(minutes=timeout_minutes)), daily_limit=daily_limit,
-                      attempts=attempts, **names)
+                      attempts=attempts, workspace_id=names["workspace_id"], workspace_name=names["workspace_name"],
+                      dataset_id=names["dataset_id"], dataset_name=names["dataset_name"])

@@ -147,7 +147,7 @@ def _start(table: Any, ds: Any, mark: Any | None, now: datetime) -> ScheduleRun:
     return ScheduleRun(ds.key, "started")
 
 
-def _rollback(table: Any, mark: Any, claimed: dict, etag: str | None, key: str) -> None:
+def _rollback(table: Any, mark: Any, claimed: dict[str, Any], etag: str | None, key: str) -> None:
     back = dict(claimed)
     back.update({"last_due": mark["last_due"], "last_action": "rolled-back"})
     try:

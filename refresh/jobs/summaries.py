@@ -111,7 +111,7 @@ def note_end(states: Any, dataset: str, row: Mapping[str, Any] | None) -> bool:
         return False
     wrote: list[bool] = [False]
 
-    def fold(data: dict) -> bool:
+    def fold(data: dict[str, Any]) -> bool:
         summary = DatasetSummary.from_entity(data)
         wrote[0] = summary.fold(row)
         if wrote[0]:
@@ -139,7 +139,7 @@ def backfill(states: Any, dataset: str, rows: list[dict[str, Any]]) -> DatasetSu
         built.fold(row)
     shown: list[DatasetSummary] = [built]
 
-    def put(data: dict) -> bool:
+    def put(data: dict[str, Any]) -> bool:
         if has_summary(data):
             shown[0] = DatasetSummary.from_entity(data)
             return False

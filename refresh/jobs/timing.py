@@ -71,7 +71,7 @@ def next_check_delay(elapsed: float, expected: float | None) -> float:
 
 def backoff(attempt: int, rng: random.Random, base: float = 5.0, cap: float = MAX_BACKOFF) -> float:
     """Exponential back-off with jitter (0.5x-1.5x): about 10, 20, 40 ... seconds, at most ``cap``."""
-    return min(base * (2 ** attempt), cap) * (0.5 + rng.random())
+    return float(min(base * (2 ** attempt), cap) * (0.5 + rng.random()))
 
 
 @dataclass(frozen=True)
