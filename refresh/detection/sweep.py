@@ -106,6 +106,7 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
           concurrency: int = 16) -> SweepResult:
     """Probe every configured table; returns what was found."""
     result = SweepResult()
+    detector.watching.since()  # a sweep is detection too: it records when the app started watching
     names = configured_tables(detector.config, container)
     # one query: every watermark, plus pending jobs whose queue message may not have been sent
     marks, unsent = watermarks.all(also=states.UNSENT_FILTER if states is not None else None)
