@@ -118,6 +118,10 @@ class Worker(Checks):
         row = self.outcomes.get(msg.job_id)
         if row is not None and row.get("status") in END_STATES:
             return
+        if row is None:  # a job of the state whose creator stopped before writing its row
+            job = _job_of(self.states.get(msg.dataset), msg.job_id)
+            if job is not None:
+                self.outcomes.ensure(msg.dataset, job)
         self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp", error_message=reason)
 
         def release(entity: dict) -> bool:
@@ -149,6 +153,7 @@ class Worker(Checks):
         if due > now:
             self._requeue("job", msg.dataset, job.job_id, (due - now).total_seconds(), attempt=msg.attempt)
             return "debounce"
+        self.outcomes.ensure(msg.dataset, job)  # its creator may have stopped before writing its row
         if running:
             if parse_iso(running.lease_until) > now:
                 delay = self._lease_wait(running, now)
@@ -411,6 +416,15 @@ class Worker(Checks):
             "error_message": reason, "message_id": message_id or "", "message_body": text[:2000],
         })
         log.error("rejected queue message %s: %s", message_id, reason)
+
+
+def _job_of(entity: Any, job_id: str) -> PendingJob | None:
+    """The job ``job_id`` as the dataset's state holds it (running or pending), or None."""
+    running = _running_of(entity)
+    if running is not None and running.job_id == job_id:
+        return running.job
+    pending = pending_of(entity)
+    return pending if pending is not None and pending.job_id == job_id else None
 
 
 def _may_retry(exc: pbi_errors.PowerBIError, attempt: int) -> bool:
