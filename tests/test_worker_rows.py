@@ -17,7 +17,9 @@ import pytest
 from worker_world import aligned_world, refresh_ids
 
 from refresh.core import storage as tables
+from refresh.core.clock import parse_iso
 from refresh.core.context import set_app
+from refresh.jobs import messages
 from refresh.jobs.outcomes import queued_fields
 
 
@@ -97,3 +99,43 @@ def test_creating_a_row_twice_keeps_one_row_under_the_first_key(world):
     assert again["RowKey"] == world.app.outcomes.locate(job.job_id)[1]
     rows = list(outcomes.table.query_entities("PartitionKey eq 'sales'"))
     assert len(rows) == 1 and rows[0]["job_id"] == job.job_id and tables.value(rows[0], "status") == "Queued"
+
+
+# ------------------------------------------------------------------------------------------------------
+# a kill between saving the live check's token and sending its message (chaos: a dataset "stuck" running,
+# its row still Queued or Waiting, its Completed refresh named by no row, for a minute and more)
+
+
+def _kill_before_check_send(world, nth: int) -> list[str]:
+    """The handler dies right before sending the ``nth`` check message (its token is already saved)."""
+    send = world.app.queue.send_message
+    seen: list[str] = []
+
+    def killed(content, visibility_timeout=None, **kwargs):
+        if messages.decode(content).type == "check":
+            seen.append(content)
+            if len(seen) == nth:
+                raise RuntimeError("killed before sending the check")
+        return send(content, visibility_timeout=visibility_timeout, **kwargs)
+
+    world.app.queue.send_message = killed
+    return seen
+
+
+def _lag(world, job_id: str) -> float:
+    row = world.row(job_id)
+    [pbi] = world.sim.refreshes(world.sales_ds)
+    assert row["status"] == "Completed" and row["request_id"] == pbi["requestId"], row
+    state = world.state("sales")
+    assert tables.get_json(state, "running") is None and world.pump.pending() == 0
+    return (parse_iso(row["ended_at"]) - parse_iso(pbi["endTime"])).total_seconds()
+
+
+@pytest.mark.parametrize("nth, duration", [(1, 30), (2, 30), (3, 30)])
+def test_a_redelivered_message_whose_handler_died_before_sending_the_live_check_sends_it(world, nth, duration):
+    world.sim.refresh_duration = duration
+    job = world.commit()
+    _kill_before_check_send(world, nth)
+    world.pump.run()
+    # the redelivery (30 s later, host.json's visibilityTimeout) sends the live check: no minute of grace
+    assert _lag(world, job.job_id) <= 20

@@ -24,7 +24,8 @@ exactly one live follow-up. Each write is made before the message that depends o
 each message re-checks the state: a check whose token is not the live one is dropped, except the
 direct predecessor of the live token (or the job message before the first check), which waits until
 the live check is overdue by :data:`CHECK_GRACE` and then takes over (its instance may have died
-between saving the token and sending the message). Expected duplicates are logged at INFO.
+between saving the token and sending the message); a redelivered one (its handler did not finish) sends the
+live check at once. Expected duplicates are logged at INFO.
 """
 
 from __future__ import annotations
@@ -222,7 +223,9 @@ class Worker(Checks):
                             running.job_id, msg.dataset, running.next_check_at)
                 self._send_check_message(msg.dataset, running, 0)
                 return "resumed-check"
-            if running.check_seq <= 1:  # the first check's message may never have been sent: watch it
+            if running.check_seq <= 1:  # the first check's message may never have been sent
+                if self._redelivered():
+                    return self._resend_live_check(msg, running, now)
                 self._watch(msg, running, now)
             log.info("job %s of dataset %s: duplicate job message; refresh %s is followed by its checks",
                      running.job_id, msg.dataset, running.refresh_id)
