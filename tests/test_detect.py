@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from refresh.core import storage as tables
+from refresh.core.clock import FakeClock
 from refresh.core.context import set_app
 from refresh.detection.deltalog import commit_file_name
 from refresh.dev.testing import events as ev
@@ -36,13 +38,20 @@ CONFIG = {
 }
 
 
+def _now() -> datetime:
+    now = datetime.now(UTC)  # in whole milliseconds, as timestamps are stored
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 class Lake:
     """One test's lake + app, with helpers to write commits and deliver events."""
 
     def __init__(self, azurite, registered, token: str) -> None:
         self.azurite = azurite
         self.fn = registered
-        self.app = make_app(azurite.connection_string, CONFIG, token=token)
+        # the app's clock starts at the real time: delta-rs stamps commits with the real time, and where a
+        # table seen for the first time starts depends on when the app started watching (first_sight.py)
+        self.app = make_app(azurite.connection_string, CONFIG, token=token, clock=FakeClock(_now()))
         self.container = self.app.settings.gold_container
         self.base = f"http://127.0.0.1:{azurite.blob_port}/devstoreaccount1"
         set_app(self.app)
@@ -54,7 +63,12 @@ class Lake:
     def write(self, table: str, rows: dict, mode: str = "append", **kw) -> int:
         write_deltalake(self.uri(table), pa.table(rows), mode=mode,
                         storage_options=self.azurite.deltalake_options(), **kw)
+        self.catch_up()
         return self.dt(table).version()
+
+    def catch_up(self) -> None:
+        """The app's clock is not behind the commits just written (time goes on for the app too)."""
+        self.app.clock.set(max(self.app.clock.now(), _now() + timedelta(milliseconds=1)))
 
     def dt(self, table: str) -> DeltaTable:
         return DeltaTable(self.uri(table), storage_options=self.azurite.deltalake_options())
@@ -581,7 +595,9 @@ def test_a_hint_for_a_covered_version_costs_one_read(azurite, unique):
     counter.reset()
     for v in range(1, 6):
         assert other.detector.process(table, hint_version=v).skipped == f"version {v} already handled"
-    assert len(counter.log) == 5
+    watching = [p for _, _, p, _ in counter.log if "RowKey='watching'" in p]
+    assert len(watching) == 1  # when the app started watching: read once per process (first_sight.py)
+    assert len(counter.log) - len(watching) == 5
 
 
 def test_a_malformed_commit_inside_a_concurrent_run_stops_the_run_there(azurite, unique):
@@ -640,3 +656,63 @@ def test_a_gap_after_a_run_is_skipped_in_the_same_pass_when_hinted(azurite, uniq
     assert [c.version for c in result.commits] == [1, 2, 3, 10, 11, 12]
     mark = app.watermarks.get(table)
     assert mark.version == 12 and "4..9" in mark.gap
+
+
+# --------------------------------------------------------------------------------------------------
+# first sight of a table created while the app watches (issue 9 item 9; refresh/detection/first_sight.py)
+
+
+def test_a_table_created_while_the_app_watches_is_refreshed_from_its_first_commit(lake):
+    lake.sweep()  # the first detection: the app watches from now on
+    table = "ops/new/t1"
+    appends = [lake.write(table, {"id": [i]}) for i in range(2)]
+    lake.dt(table).optimize.compact()  # version 2: no data change
+    lake.catch_up()
+    for version in (2, *reversed(appends)):  # its events newest first
+        lake.created(table, version)
+    src = lake.pending("ops").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (0, 1, 2)
+    assert lake.watermark(table).version == 2 and lake.watermark(table).gap == ""
+
+
+def test_first_sight_through_an_event_for_a_version_not_written_yet_reads_the_new_commits(lake):
+    lake.sweep()
+    table = "ops/new/t2"
+    written = [lake.write(table, {"id": [i]}) for i in range(2)]
+    lake.created(table, written[-1] + 2)  # early (or forged) event: that version does not exist
+    src = lake.pending("ops").sources[table]
+    assert (src.first_version, src.last_version, src.commits) == (0, 1, 2)
+    assert lake.watermark(table).version == 1  # never past the newest version that exists
+
+
+def test_the_sweep_sees_the_first_commits_of_a_new_table_too(lake):
+    lake.sweep()
+    table = "sales/dim_new"
+    lake.write(table, {"id": [0]})
+    lake.sweep()
+    assert lake.pending("sales").sources[table].commits == 1
+    assert lake.watermark(table).version == 0
+
+
+def test_a_table_older_than_the_app_starts_at_its_newest_commit_while_a_newer_one_starts_at_its_first(lake):
+    old, new = "ops/old/t", "ops/new/t"
+    lake.write(old, {"id": [0]})
+    lake.write(old, {"id": [1]})
+    lake.sweep()  # the app starts watching after the old table's commits
+    lake.write(new, {"id": [0]})
+    lake.sweep()
+    assert lake.watermark(old).version == 1 and old not in lake.pending("ops").sources
+    assert lake.pending("ops").sources[new].first_version == 0
+
+
+def test_a_sweep_that_finds_no_table_yet_still_starts_the_watch(azurite, unique):
+    from refresh.detection.sweep import sweep
+
+    config = {"datasets": {"g": {"workspace": "W", "dataset": "M", "sources": [{"table": "new/**"}]}}}
+    app = make_app(azurite.connection_string, config, token=unique, clock=FakeClock(_now()))
+    assert sweep(app.detector, app.watermarks, app.lake, app.states).tables == 0
+    write_deltalake(f"az://{app.settings.gold_container}/new/t", pa.table({"id": [0]}),
+                    storage_options=azurite.deltalake_options())
+    app.clock.set(_now() + timedelta(seconds=1))  # time goes on for the app too
+    sweep(app.detector, app.watermarks, app.lake, app.states)  # the table's first commit came after the watch began
+    assert pending_of(app.states.get("g")).sources["new/t"].commits == 1

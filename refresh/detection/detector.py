@@ -2,9 +2,9 @@
 
 Every detection path (blob trigger, Event Grid, the sweep) ends here. For one table:
 
-1. read its watermark (the newest version handled); a table seen for the first time starts at the
-   newest version its log has (no replay of history), handling that commit when an event announced a
-   version the log has. A hinted version is only a hint: a watermark only ever moves to a version that
+1. read its watermark (the newest version handled); a table seen for the first time starts after its
+   commits made before the app started watching (refresh/detection/first_sight.py). A hinted version
+   is only a hint: a watermark only ever moves to a version that
    was read from the log, so a forged or early event cannot move it past real commits;
 2. read the commits after the watermark: the next one, then (when it exists) the rest of the run found
    by listing the log per block of 100 versions, read concurrently (bounded) and classified in
@@ -37,6 +37,7 @@ from typing import Any
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso
 from refresh.core.routing import RoutingConfig
+from refresh.detection import first_sight
 from refresh.detection.deltalog import (
     CommitInfo,
     LogReader,
@@ -89,6 +90,7 @@ class Detector:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._handled: dict[str, int] = {}   # table -> newest version this process moved its watermark to
+        self.watching = first_sight.Watching(watermarks.table, clock)  # when the app started watching
 
     def process(self, table: str, hint_version: int | None = None, *,
                 known: Watermark | None = None) -> TableResult:
@@ -98,6 +100,7 @@ class Detector:
         (a burst of commits) wait for it, and the versions it handled cost them no request at all.
         """
         result = TableResult(table=table)
+        self.watching.since()  # the first detection ever records when the app started watching
         if not valid_text(table):  # e.g. a "\ud800" escape in an event's JSON: no store could hold it
             result.skipped = "the table path is not valid Unicode (lone surrogate)"
             log.warning("table %s: %s; ignored", ascii(table), result.skipped)
@@ -195,24 +198,14 @@ class Detector:
         return result
 
     def _first_seen(self, table: str, reader: LogReader, hint_version: int | None) -> Watermark | None:
-        """Where a table the app has never seen starts: decided by its log, never by the hint.
-
-        The newest commit that exists is the starting point (no replay of history). When an event
-        announced a commit that exists, that newest commit is handled too (the event says something new
-        happened); an announced version the log does not have (not written yet, forged, or bogus) moves
-        nothing, so every real commit after the newest existing one is still read, by events or the sweep.
-        """
-        latest = reader.latest_version()
-        if latest is None:
+        """Where a table the app has never seen starts: refresh/detection/first_sight.py."""
+        start = first_sight.starting_point(reader, self.watching.since(), hint_version)
+        if start is None:
             return None
-        start = latest - 1 if hint_version is not None and hint_version <= latest else latest
-        if hint_version is not None and hint_version > latest:
-            log.warning("table %s: an event announced version %s but the log's newest is %s; starting after %s",
-                        table, hint_version, latest, start)
-        mark = Watermark(table=table, version=start)
+        mark = Watermark(table=table, version=start.version, gap=start.gap)
         try:
             self.watermarks.save(mark)
-            log.info("table %s: first seen, starting after version %s", table, start)
+            log.info("table %s: first seen, starting after version %s", table, start.version)
         except tables.Conflict:
             mark = self.watermarks.get(table) or mark
         return mark

@@ -50,6 +50,7 @@ def sweep(detector: Detector, watermarks: Watermarks, container: Any, states: An
           concurrency: int = 16) -> SweepResult:
     """Probe every configured table; returns what was found."""
     result = SweepResult()
+    detector.watching.since()  # a sweep is detection too: it records when the app started watching
     # one query: every watermark, the remembered glob expansions, and pending jobs whose queue
     # message may not have been sent
     also = GLOB_FILTER if detector.config.glob_sources() else None

@@ -3,7 +3,8 @@
 ``check_seq`` numbers the live check; its token is saved before its message is sent. A copy whose
 token is not the live one is dropped, except the live token's direct predecessor (and the job message
 before the first check), which waits until the live check is overdue by :data:`CHECK_GRACE` and then
-takes over: its instance may have died between saving the token and sending the message. Advancing
+takes over: its instance may have died between saving the token and sending the message. A redelivered
+copy (dequeue count > 1: the delivery before it did not finish) sends the live check at once. Advancing
 the chain is guarded by the token read, so of two copies handled at once only one goes on.
 """
 
@@ -53,6 +54,8 @@ class Checks(Endings):
         if msg.sent_at != running.check_token:
             if not running.is_overdue(now, CHECK_GRACE):
                 if parse_check_seq(msg.sent_at) == running.check_seq - 1:
+                    if self._redelivered():
+                        return self._resend_live_check(msg, running, now)
                     self._watch(msg, running, now)  # its successor may never have been sent: watch it
                 log.info("check of job %s (dataset %s): not the live check (%s); dropped", msg.job_id,
                          msg.dataset, running.check_token)
@@ -127,6 +130,22 @@ class Checks(Endings):
             message = (f"refresh exceeded timeout_minutes={minutes}; a standard refresh cannot be cancelled, "
                        "Power BI may still be running it")
         return self._finish(dataset_key, running, Status.TIMED_OUT, now, error_code="TimedOut", error_message=message)
+
+    def _redelivered(self) -> bool:
+        """The message being handled was delivered before and that delivery did not finish (its instance
+        died, or it failed): whatever it was to send after its last write may never have been sent."""
+        return getattr(getattr(self, "_delivery", None), "count", 1) > 1
+
+    def _resend_live_check(self, msg: messages.JobMessage, running: RunningJob, now: datetime) -> str:
+        """The delivery that saved the live check's token stopped before sending it, perhaps: send it (at its
+        time). A second copy of the live check is harmless (advancing the chain is guarded by the token)."""
+        assert running.next_check_at is not None
+        delay = max(0.0, (parse_iso(running.next_check_at) - now).total_seconds())
+        log.info("%s message of job %s (dataset %s) redelivered: its handler stopped after saving the live check "
+                 "%s; sending that check (in %.0f s)", msg.type, running.job_id, msg.dataset, running.check_token,
+                 delay)
+        self._send_check_message(msg.dataset, running, delay)
+        return "resumed-check"
 
     def _watch(self, msg: messages.JobMessage, running: RunningJob, now: datetime) -> None:
         """Re-queue this message to arrive when the live check would be overdue (it then takes over)."""

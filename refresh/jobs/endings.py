@@ -180,7 +180,7 @@ class Endings:
         """Give the claim back: the job waits (merged with anything pending) and is tried again later."""
         now = self.clock.now()
         job = running.job
-        merged_away: list[str] = []
+        merged_away: list[PendingJob] = []
 
         def unclaim(data: dict) -> bool:
             current = _running_of(data)
@@ -189,7 +189,7 @@ class Endings:
             newer = pending_of(data)
             if newer is not None:
                 _absorb(job, newer)
-                merged_away.append(newer.job_id)
+                merged_away.append(newer)
             job.due_at = iso(now + timedelta(seconds=delay))
             tables.put_json(data, "running", None)
             tables.put_json(data, "pending", capped_job(job).to_dict())
@@ -199,7 +199,8 @@ class Endings:
 
         self.states.update(dataset_key, unclaim)
         for other in merged_away:
-            self._finish_row(dataset_key, other, Status.SKIPPED, now, detail=f"merged into job {job.job_id}",
+            self.outcomes.ensure(dataset_key, other)  # its creator may not have written its row yet
+            self._finish_row(dataset_key, other.job_id, Status.SKIPPED, now, detail=f"merged into job {job.job_id}",
                              error_message=f"merged into job {job.job_id}")
         self._set_row(dataset_key, job.job_id, status=Status.WAITING, detail=detail, request_id=exc.request_id,
                       next_attempt_at=job.due_at)

@@ -187,23 +187,40 @@ class Outcomes:
         self._where: dict[str, tuple[str, str]] = {}  # job id -> (PartitionKey, RowKey); never changes
 
     def create(self, dataset: str, job_id: str, created: datetime, fields: RowFields) -> dict[str, Any]:
-        """Create the row of a new job (idempotent: an existing row is returned unchanged)."""
+        """Create the row of a new job (idempotent: an existing row is returned unchanged).
+
+        The index entity is written first and decides the row's key: whoever comes second (a creator
+        that was slow, or the worker repairing a job whose creator died, see :meth:`ensure`) writes to
+        the key already indexed, so a job never gets two rows.
+        """
         rk = row_key_for(created, job_id)
-        row = {"PartitionKey": dataset, "RowKey": rk, "job_id": job_id, "dataset_key": dataset,
-               "queued_at": iso(created), "attempts": 0}
-        row.update(_flatten(dict(fields)))
         try:
             tables.write(self.index, {"PartitionKey": PK_JOB_INDEX, "RowKey": job_id, "dataset": dataset,
                                       "row": rk}, None)
             self._where[job_id] = (dataset, rk)
         except tables.Conflict:
-            pass
+            dataset, rk = self.locate(job_id) or (dataset, rk)
+        row = {"PartitionKey": dataset, "RowKey": rk, "job_id": job_id, "dataset_key": dataset,
+               "queued_at": iso(created), "attempts": 0}
+        row.update(_flatten(dict(fields)))
         try:
             tables.write(self.table, row, None)
         except tables.Conflict:
             existing = tables.get_entity(self.table, dataset, rk)
             return dict(existing) if existing else row
         return row
+
+    def ensure(self, dataset: str, job: Any) -> None:
+        """The row of a job that exists in the dataset's state (``job``: a PendingJob): created as Queued if
+        missing. Jobs are recorded in the state first and get their row right after; an instance that died
+        in between (or has not got there yet) leaves a job without a row, and a refresh must never run, or
+        a job end, without its row."""
+        where = self.locate(job.job_id)
+        if where is not None and tables.get_entity(self.table, *where) is not None:
+            return
+        log.warning("job %s of dataset %s had no outcome row (its creator stopped before writing it); "
+                    "creating it", job.job_id, dataset)
+        self.create(dataset, job.job_id, parse_iso(job.created_at), queued_fields(job))
 
     def locate(self, job_id: str) -> tuple[str, str] | None:
         where = self._where.get(job_id)
@@ -280,6 +297,15 @@ class Outcomes:
             if len(found) >= count:
                 break
         return found
+
+
+def queued_fields(job: Any) -> dict[str, Any]:
+    """Outcome-row fields of a job that was just created (``job``: a PendingJob)."""
+    return {"status": str(Status.QUEUED), "trigger": job.trigger, "triggers": job.triggers,
+            "requested_by": job.requested_by, "reasons": job.reasons, "model_tables": job.objects() or [],
+            "due_at": job.due_at,
+            "sources": {t: {"first_version": s.first_version, "last_version": s.last_version,
+                            "commits": s.commits} for t, s in job.sources.items()}}
 
 
 def _flatten(fields: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ exactly one live follow-up. Each write is made before the message that depends o
 each message re-checks the state: a check whose token is not the live one is dropped, except the
 direct predecessor of the live token (or the job message before the first check), which waits until
 the live check is overdue by :data:`CHECK_GRACE` and then takes over (its instance may have died
-between saving the token and sending the message). Expected duplicates are logged at INFO.
+between saving the token and sending the message); a redelivered one (its handler did not finish) sends the
+live check at once. Expected duplicates are logged at INFO.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class Worker(Checks):
         row = self.outcomes.get(msg.job_id)
         if row is not None and row.get("status") in END_STATES:
             return
+        if row is None:  # a job of the state whose creator stopped before writing its row
+            job = _job_of(self.states.get(msg.dataset), msg.job_id)
+            if job is not None:
+                self.outcomes.ensure(msg.dataset, job)
         self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp", error_message=reason)
 
         def release(entity: dict) -> bool:
@@ -149,6 +154,7 @@ class Worker(Checks):
         if due > now:
             self._requeue("job", msg.dataset, job.job_id, (due - now).total_seconds(), attempt=msg.attempt)
             return "debounce"
+        self.outcomes.ensure(msg.dataset, job)  # its creator may have stopped before writing its row
         if running:
             if parse_iso(running.lease_until) > now:
                 delay = self._lease_wait(running, now)
@@ -215,7 +221,9 @@ class Worker(Checks):
                             running.job_id, msg.dataset, running.next_check_at)
                 self._send_check_message(msg.dataset, running, 0)
                 return "resumed-check"
-            if running.check_seq <= 1:  # the first check's message may never have been sent: watch it
+            if running.check_seq <= 1:  # the first check's message may never have been sent
+                if self._redelivered():
+                    return self._resend_live_check(msg, running, now)
                 self._watch(msg, running, now)
             log.info("job %s of dataset %s: duplicate job message; refresh %s is followed by its checks",
                      running.job_id, msg.dataset, running.refresh_id)
@@ -419,7 +427,7 @@ class Worker(Checks):
         log.error("rejected queue message %s: %s", message_id, reason)
 
 
-def _commit_to_start(entity: dict, running: RunningJob, now: datetime) -> float | None:
+def _commit_to_start(entity: dict[str, Any], running: RunningJob, now: datetime) -> float | None:
     """Oldest commit of the job to this start, from the freshness record on the entity (no extra read)."""
     from refresh.monitoring.freshness_tracker import commit_to_start_seconds
 
@@ -429,6 +437,15 @@ def _commit_to_start(entity: dict, running: RunningJob, now: datetime) -> float 
         return commit_to_start_seconds(entity, sources, now) if sources else None
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _job_of(entity: Any, job_id: str) -> PendingJob | None:
+    """The job ``job_id`` as the dataset's state holds it (running or pending), or None."""
+    running = _running_of(entity)
+    if running is not None and running.job_id == job_id:
+        return running.job
+    pending = pending_of(entity)
+    return pending if pending is not None and pending.job_id == job_id else None
 
 
 def _may_retry(exc: pbi_errors.PowerBIError, attempt: int) -> bool:
