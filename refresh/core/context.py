@@ -90,6 +90,7 @@ class App:
 
     @cached_property
     def states(self) -> Any:
+        from refresh.jobs import outcomes as outcome_rows
         from refresh.jobs.outcomes import END_STATES
         from refresh.jobs.pending import DatasetStates
 
@@ -106,7 +107,7 @@ class App:
 
         return DatasetStates(self.state_table, self.queue, self.clock,
                              on_created=lambda key, job: outcomes.create(key, job.job_id, self.clock.now(),
-                                                                         queued_fields(job)),
+                                                                         outcome_rows.queued_fields(job)),
                              on_joined=joined)
 
     @cached_property
@@ -171,14 +172,6 @@ class App:
 
         lake = self.lake
         return Detector(self.config, self.watermarks, self.states, lambda t: BlobLogReader(lake, t), self.clock)
-
-
-def queued_fields(job: Any) -> dict[str, Any]:
-    """Outcome-row fields of a job that was just created."""
-    return {"status": "Queued", "trigger": job.trigger, "triggers": job.triggers, "requested_by": job.requested_by,
-            "reasons": job.reasons, "model_tables": job.objects() or [], "due_at": job.due_at,
-            "sources": {t: {"first_version": s.first_version, "last_version": s.last_version,
-                            "commits": s.commits} for t, s in job.sources.items()}}
 
 
 _app: App | None = None

@@ -164,7 +164,7 @@ def _last_modified(reader: LogReader, version: int) -> datetime | None:
             props = container.get_blob_client(f"{reader.table}/{name}").get_blob_properties()
         except ResourceNotFoundError:
             return None
-        modified = props.last_modified
+        modified: datetime = props.last_modified
         return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
     root = getattr(reader, "root", None)
     if root is not None:  # LocalLogReader

@@ -107,7 +107,7 @@ class Checks(Endings):
         running.check_seq += 1
         running.next_check_at = iso(now + timedelta(seconds=delay))
 
-        def save(data: dict) -> bool:
+        def save(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id or current.check_token != expected:
                 raise _Lost()  # another copy advanced the chain first

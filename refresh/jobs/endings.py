@@ -14,8 +14,9 @@ from typing import Any
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.jobs import messages, summaries
+from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
-from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
+from refresh.jobs.pending import DatasetStates, pending_of
 from refresh.jobs.running import MAX_LIST, PostLog, RunningJob, capped_job, row_fields
 from refresh.powerbi import errors as pbi_errors
 
@@ -54,7 +55,7 @@ class Endings:
                                **fields)
         noted: list[Any] = []  # the freshness events of this end, decided in the release write (no extra request)
 
-        def release(data: dict) -> bool:
+        def release(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id:
                 return False
@@ -81,12 +82,12 @@ class Endings:
         return status_word.lower()
 
     def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, *,
-                    freshness_later: bool = False, **fields: Any) -> dict | None:
+                    freshness_later: bool = False, **fields: Any) -> dict[str, Any] | None:
         """Write the outcome row's end (once) and note the end for freshness, unless ``freshness_later``
         (the caller folds it into its own write of the dataset's state). Returns the row as stored."""
         changed: list[bool] = []
 
-        def change(row: dict) -> dict | None:
+        def change(row: dict[str, Any]) -> dict[str, Any] | None:
             changed[:] = [row.get("status") not in END_STATES]
             if not changed[0]:
                 return None  # already ended (e.g. recorded before a crash): one row, one log line
@@ -107,7 +108,7 @@ class Endings:
         self._note_summary(dataset_key, row)
         return row
 
-    def _note_in(self, data: dict, dataset_key: str, row: dict | None) -> Any:
+    def _note_in(self, data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> Any:
         """Apply the job's end (its outcome ``row``) to the freshness record on ``data``, a state entity about to
         be written; returns the events (None: nothing noted, e.g. no tracker or the row is not ended)."""
         if self.freshness is None or row is None or row.get("status") not in END_STATES:
@@ -125,7 +126,7 @@ class Endings:
                       row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
             return None
 
-    def _noted(self, dataset_key: str, entity: Any, events: list) -> None:
+    def _noted(self, dataset_key: str, entity: Any, events: list[Any]) -> None:
         """After the write that noted a job's end: the lag gauge, and the events handed to the alerter."""
         try:
             if self.freshness.metrics is not None and entity is not None:
@@ -136,7 +137,7 @@ class Endings:
         except Exception as exc:  # the timer flushes the outbox again
             log.error("dataset %s: freshness events not handed over yet (%s)", dataset_key, type(exc).__name__)
 
-    def _note_freshness(self, dataset_key: str, row: dict) -> None:
+    def _note_freshness(self, dataset_key: str, row: dict[str, Any]) -> None:
         """The job's end in the dataset's freshness record and alert state (never fails the job)."""
         if self.freshness is None:
             return
@@ -148,7 +149,7 @@ class Endings:
             log.error("dataset %s: job %s's end not recorded for freshness (%s: %s)", dataset_key,
                       row.get("job_id"), type(exc).__name__, str(exc).split("\n")[0][:300])
 
-    def _note_summary(self, dataset_key: str, row: dict | None) -> None:
+    def _note_summary(self, dataset_key: str, row: dict[str, Any] | None) -> None:
         """The dataset's summary for the status views (refresh/jobs/summaries.py): one ETag-guarded write of the
         dataset's state entity per job end, after the outcome row (a crash in between: the redelivered end folds
         it; 2 requests, 1 when already folded)."""
@@ -163,7 +164,7 @@ class Endings:
                          error_message=_describe(exc), request_id=exc.request_id, sources=_sources(job),
                          model_tables=job.objects() or [], triggers=job.triggers)
         if running is not None:
-            def release(data: dict) -> bool:
+            def release(data: dict[str, Any]) -> bool:
                 current = _running_of(data)
                 if current and current.job_id == job.job_id:
                     tables.put_json(data, "running", None)
@@ -182,7 +183,7 @@ class Endings:
         job = running.job
         merged_away: list[PendingJob] = []
 
-        def unclaim(data: dict) -> bool:
+        def unclaim(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if not current or current.job_id != job.job_id:
                 raise _Lost()
@@ -213,7 +214,7 @@ class Endings:
                          request_id=running.refresh_id,
                          error_message="the job's lease expired before its end was seen (instance lost?)")
 
-        def clear(data: dict) -> bool:
+        def clear(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if current and current.job_id == running.job_id:
                 tables.put_json(data, "running", None)
@@ -223,7 +224,7 @@ class Endings:
         self.states.update(dataset_key, clear)
 
     def _drop_pending(self, dataset_key: str, job_id: str) -> None:
-        def drop(data: dict) -> bool:
+        def drop(data: dict[str, Any]) -> bool:
             job = pending_of(data)
             if job and job.job_id == job_id:
                 tables.put_json(data, "pending", None)
@@ -237,7 +238,7 @@ class Endings:
         messages.send(self.queue, msg, delay)
 
     def _set_row(self, dataset_key: str, job_id: str, **fields: Any) -> None:
-        def change(row: dict) -> dict | None:
+        def change(row: dict[str, Any]) -> dict[str, Any] | None:
             if row.get("status") in END_STATES:
                 return None
             return _keep_joiners(row, {k: (str(v) if isinstance(v, Status) else v) for k, v in fields.items()})
@@ -250,7 +251,7 @@ JOINER_FIELDS = ("triggers", "requested_by", "reasons")
 job never replaces them, it adds to them."""
 
 
-def _keep_joiners(row: dict, out: dict) -> dict:
+def _keep_joiners(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     public = to_public(row)
     for name in JOINER_FIELDS:
         new, old = out.get(name), public.get(name)
@@ -303,7 +304,7 @@ def _describe(exc: pbi_errors.PowerBIError) -> str:
     return f"{' '.join(parts)}: {exc.message}"
 
 
-def _log_outcome(row: dict) -> None:
+def _log_outcome(row: dict[str, Any]) -> None:
     facts = {k: row.get(k) for k in (
         "dataset_key", "job_id", "status", "triggers", "requested_by", "sources", "model_tables",
         "workspace_name", "dataset_name", "refresh_type", "request_id", "adopted", "adopted_reason", "attempts",

@@ -249,8 +249,8 @@ class Outcomes:
         entity = tables.get_entity(self.table, *where)
         return to_public(entity) if entity else None
 
-    def update(self, dataset: str, job_id: str, change: Callable[[dict[str, Any]], RowFields | None]) -> (
-            dict[str, Any] | None):
+    def update(self, dataset: str, job_id: str,
+               change: Callable[[dict[str, Any]], RowFields | dict[str, Any] | None]) -> dict[str, Any] | None:
         """Read-modify-write the job's row, ETag-guarded; ``change`` returns the fields to set."""
         where = self.locate(job_id)
         if where is None:
@@ -299,7 +299,7 @@ class Outcomes:
         return found
 
 
-def queued_fields(job: Any) -> dict[str, Any]:
+def queued_fields(job: Any) -> RowFields:
     """Outcome-row fields of a job that was just created (``job``: a PendingJob)."""
     return {"status": str(Status.QUEUED), "trigger": job.trigger, "triggers": job.triggers,
             "requested_by": job.requested_by, "reasons": job.reasons, "model_tables": job.objects() or [],

@@ -43,8 +43,9 @@ from refresh.core.clock import Clock, iso, parse_iso
 from refresh.jobs import messages, timing
 from refresh.jobs.checks import CHECK_GRACE, THROTTLE_DELAY, Checks
 from refresh.jobs.endings import _describe, _Lost, _recent, _running_of
+from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status
-from refresh.jobs.pending import DatasetStates, PendingJob, pending_of
+from refresh.jobs.pending import DatasetStates, pending_of
 from refresh.jobs.recovery import find_own_refresh, remember
 from refresh.jobs.running import Posted, PostLog, RunningJob, new_claim, row_fields
 from refresh.powerbi import errors as pbi_errors
@@ -125,7 +126,7 @@ class Worker(Checks):
                 self.outcomes.ensure(msg.dataset, job)
         self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp", error_message=reason)
 
-        def release(entity: dict) -> bool:
+        def release(entity: dict[str, Any]) -> bool:
             running = _running_of(entity)
             if running and running.job_id == msg.job_id:
                 tables.put_json(entity, "running", None)
@@ -200,7 +201,7 @@ class Worker(Checks):
         if post_log is not None and post_log.job_id == job.job_id:  # what earlier POSTs of this job left unresolved
             post_log.carry_into(claim)
 
-        def take(data: dict) -> bool:
+        def take(data: dict[str, Any]) -> bool:
             current = pending_of(data)
             if current is None or current.job_id != job.job_id or tables.get_json(data, "running"):
                 raise _Lost()
@@ -329,7 +330,7 @@ class Worker(Checks):
 
         lag: list[float | None] = [None]
 
-        def save(data: dict) -> bool:
+        def save(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id or current.refresh_id is not None:
                 raise _Lost()  # another copy of the message recorded the refresh (and sent its check) first
@@ -392,7 +393,7 @@ class Worker(Checks):
         starts = sorted(e.start_time for e in history if e.start_time and e.start_time > day_ago)
         limit = running.daily_limit or SHARED_DAILY_LIMIT
         if len(starts) >= limit:
-            return max(60.0, (starts[-limit] + timedelta(hours=24) - now).total_seconds() + 1)
+            return max(60.0, float((starts[-limit] + timedelta(hours=24) - now).total_seconds()) + 1)
         return 900.0
 
     @staticmethod
@@ -405,7 +406,7 @@ class Worker(Checks):
             None):
         """Write the record. ``post_at_was`` (a value or None): only if the stored ``post_at`` is still that and
         no refresh is recorded, so of several copies of a message only one goes on to POST."""
-        def save(data: dict) -> bool:
+        def save(data: dict[str, Any]) -> bool:
             current = _running_of(data)
             if not current or current.job_id != running.job_id:
                 raise _Lost()
