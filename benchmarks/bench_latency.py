@@ -28,6 +28,7 @@ Run: ``.venv/bin/python benchmarks/bench_latency.py [--samples 40] [--tables 12]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -209,8 +210,20 @@ def _wait_idle(app: Any, key: str, timeout: float = 60) -> None:
     raise RuntimeError(f"dataset {key} stayed busy for {timeout} s")
 
 
+def _message_text(body: str) -> str:
+    """A queue message's text as the app reads it: host.json hands the base64 text over as it is
+    (``messageEncoding`` none) and the app decodes it (refresh/jobs/messages.py)."""
+    try:
+        return base64.b64decode(body, validate=True).decode("utf-8")
+    except ValueError:  # not base64 (binascii.Error and UnicodeDecodeError are ValueErrors): plain JSON
+        return body
+
+
 def _attach_trace(samples: list[Sample], trace: Path) -> None:
     records = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    for r in records:
+        if r["trigger"] == "queueTrigger" and "body" in r["detail"]:
+            r["detail"]["body"] = _message_text(r["detail"]["body"])
     for sample in samples:
         tag = f"{sample.table} v{sample.version}"
         detection = [r for r in records if r["trigger"] in ("blobTrigger", "eventGridTrigger")
