@@ -105,10 +105,12 @@ def test_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_import_graph_resolves_relative_imports():
-    graph = _graph()
-    assert "refresh.core.clock" in graph["refresh.jobs.worker"] or any(
-        "refresh.core.clock" in deps for deps in graph.values())
+def test_import_graph_resolves_relative_and_lazy_imports(tmp_path):
+    module = tmp_path / "mod.py"
+    module.write_text("from .sibling import thing\nfrom .. import other\nimport pkg.c\n"
+                      "def late():\n    from pkg.a.deep import x\n", encoding="utf-8")
+    known = {"pkg", "pkg.a", "pkg.a.mod", "pkg.a.sibling", "pkg.other", "pkg.c", "pkg.a.deep", "pkg.unused"}
+    assert _imports("pkg.a.mod", module, known) == {"pkg.a.sibling", "pkg.other", "pkg", "pkg.c", "pkg.a.deep"}
 
 
 def test_readme_architecture_table_names_every_module():

@@ -98,6 +98,7 @@ def test_first_check_is_timed_from_power_bi_durations_not_the_observed_ones(worl
     world.sim.refresh_duration = 7
     _report_lags(world, "sales", world.sales_ds, 3)
     rows = world.app.outcomes.history("sales", top=3)
+    assert len(rows) == 3
     assert all(r["powerbi_duration_seconds"] == pytest.approx(7, abs=0.1) for r in rows)
     assert world.app.outcomes.recent_durations("sales") == [pytest.approx(7, abs=0.1)] * 3
 

@@ -30,7 +30,7 @@ from typing import Any
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.detection.deltafiles import LOG_DIR, commit_file_name
-from refresh.detection.deltalog import LogReader
+from refresh.detection.deltalog import LogReader, close_lines
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ def _commit_info_millis(reader: LogReader, version: int) -> int | None:
             return None
         return None
     finally:
-        close = getattr(lines, "close", None)
-        if close is not None:
-            close()
+        close_lines(lines)
 
 
 def _last_modified(reader: LogReader, version: int) -> datetime | None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from refresh.core.clock import parse_iso
 from refresh.core.validation import first_bad_string, json_type, shown, unicode_problem
 from refresh.detection.deltalog import split_commit_path
 
@@ -121,7 +121,7 @@ def event_problem(event: Any) -> str | None:
         if problem:
             return f"{name} {problem}"
     try:
-        datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00"))
+        parse_iso(event["eventTime"])
     except ValueError:
         return f"eventTime {shown(event['eventTime'], 40)!r} is not an ISO 8601 time"
     for name in ("topic", "dataVersion"):

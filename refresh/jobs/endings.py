@@ -17,7 +17,7 @@ from refresh.jobs import messages, summaries
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
 from refresh.jobs.pending import DatasetStates, pending_of
-from refresh.jobs.running import MAX_LIST, PostLog, RunningJob, capped_job, row_fields
+from refresh.jobs.running import MAX_LIST, PostLog, RunningJob, capped_job, row_fields, sources_of
 from refresh.powerbi import errors as pbi_errors
 
 log = logging.getLogger("refresh.jobs.worker")
@@ -39,15 +39,13 @@ class Endings:
         """Record the outcome row first, then release the lease: a crash in between leaves the lease, and the
         redelivered check finds the end again and releases it."""
         fields: dict[str, Any] = {}
-        pbi_duration = None
         if status is not None:
             error_code = error_code or status.error_code
             error_message = error_message or status.error_message
             if status.messages:
                 fields["messages"] = list(status.messages)[:50]
             if status.end_time and status.start_time and status_word == Status.COMPLETED:
-                pbi_duration = round((status.end_time - status.start_time).total_seconds(), 3)
-                fields["powerbi_duration_seconds"] = pbi_duration
+                fields["powerbi_duration_seconds"] = round((status.end_time - status.start_time).total_seconds(), 3)
         row = self._finish_row(dataset_key, running.job_id, status_word, now, error_code=error_code,
                                error_message=error_message, started_at=running.started_at,
                                request_id=running.refresh_id, adopted=running.adopted,
@@ -161,7 +159,7 @@ class Endings:
         now = self.clock.now()
         status = Status.NOT_REFRESHABLE if isinstance(exc, pbi_errors.NotRefreshableError) else Status.FAILED
         self._finish_row(dataset_key, job.job_id, status, now, error_code=exc.code or type(exc).__name__,
-                         error_message=_describe(exc), request_id=exc.request_id, sources=_sources(job),
+                         error_message=_describe(exc), request_id=exc.request_id, sources=sources_of(job),
                          model_tables=job.objects() or [], triggers=job.triggers)
         if running is not None:
             def release(data: dict[str, Any]) -> bool:
@@ -288,11 +286,6 @@ def _absorb(job: PendingJob, newer: PendingJob) -> None:
             if item not in target:
                 target.append(item)
     job.last_change_at = max(job.last_change_at, newer.last_change_at)
-
-
-def _sources(job: PendingJob) -> dict[str, Any]:
-    return {t: {"first_version": s.first_version, "last_version": s.last_version, "commits": s.commits}
-            for t, s in job.sources.items()}
 
 
 def _describe(exc: pbi_errors.PowerBIError) -> str:

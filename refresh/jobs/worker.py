@@ -49,8 +49,8 @@ from refresh.jobs.pending import DatasetStates, pending_of
 from refresh.jobs.recovery import find_own_refresh, remember
 from refresh.jobs.running import Posted, PostLog, RunningJob, new_claim, row_fields
 from refresh.powerbi import errors as pbi_errors
-from refresh.powerbi.client import build_refresh_body
 from refresh.powerbi.models import RefreshState
+from refresh.powerbi.refresh_body import build_refresh_body
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Worker(Checks):
             # Redelivered (dequeue count > 1): the delivery that sent the POST failed or its instance died, so
             # nobody waits for that answer any more. A first delivery is another copy of the message: the
             # instance that sent the POST may still be waiting for its answer.
-            if getattr(self._delivery, "count", 1) <= 1 and elapsed < POST_GRACE:
+            if not self._redelivered() and elapsed < POST_GRACE:
                 log.info("job %s of dataset %s: duplicate job message while its POST (sent %s) may be in flight; "
                          "looking again in %.0f s", running.job_id, msg.dataset, running.post_at, POST_GRACE - elapsed)
                 messages.send(self.queue, msg, POST_GRACE - elapsed + 1)

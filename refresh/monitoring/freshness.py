@@ -44,7 +44,6 @@ from refresh.core.clock import iso, parse_iso
 PROPERTY = "freshness"
 FORMAT_VERSION = 1
 FAILURE_STATUSES = frozenset({"Failed", "TimedOut", "Disabled", "NotRefreshable", "Rejected"})
-EVENTS = ("refresh_failed", "refresh_recovered", "freshness_breached", "freshness_recovered")
 MAX_SPANS = 8
 MAX_TABLES = 300
 MAX_HANDLED_JOBS = 20

@@ -51,6 +51,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from refresh.core.validation import GUID_RE
 from refresh.powerbi.errors import (
     NameResolutionError,
     NotRefreshableError,
@@ -82,7 +83,6 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CLAIMS_PARAM = re.compile(r'claims="([^"]*)"', re.IGNORECASE)
 _MAX_LISTED = 20
 
@@ -109,7 +109,7 @@ def odata_string(value: str) -> str:
 
 
 def _is_guid(value: str) -> bool:
-    return bool(_GUID.match(value))
+    return bool(GUID_RE.match(value))
 
 
 def _segment(value: str) -> str:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from refresh.core.validation import REPLACEMENT, SURROGATE_RE
 
 __all__ = [
     "Dataset",
@@ -36,12 +37,11 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(text: str) -> str:
     """``text`` as valid Unicode: every lone surrogate replaced by U+FFFD (the replacement character)."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    return SURROGATE_RE.sub(REPLACEMENT, text)
 
 
 def _clean(value: Any) -> Any:

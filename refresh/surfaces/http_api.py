@@ -530,12 +530,12 @@ ALERT_PROBLEMS_SHOWN = 10
 
 
 def alert_problems(app: Any) -> list[dict[str, Any]]:
-    """Alert deliveries that failed or are being retried, newest first (one query). The alert rows live in the
-    state table (PartitionKey ``alert``) unless the app wires its own store (``app.alert_store``). A failure to
-    read them never takes the page down: it is logged and shown as no problems."""
+    """Alert deliveries that failed or are being retried, newest first (one query on the app's alert store,
+    ``app.alerter.store``). A failure to read them never takes the page down: it is logged and shown as no
+    problems."""
     from refresh.monitoring.alerts import AlertStore
 
-    store = getattr(app, "alert_store", None) or AlertStore(app.state_table)
+    store: AlertStore = app.alerter.store
     try:
         return store.problems(ALERT_PROBLEMS_SHOWN)
     except Exception:
