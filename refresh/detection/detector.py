@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from refresh.core import storage as tables
@@ -167,7 +168,7 @@ class Detector:
             if batch:
                 next_version = batch[-1].version + 1
             if batch:
-                self._route(table, batch, routes, result, reader)
+                self._route(table, batch, routes, result, reader, hint_version)
                 mark.version = batch[-1].version
                 result.commits.extend(batch)
             changed = bool(batch)
@@ -321,10 +322,11 @@ class Detector:
         return info
 
     def _route(self, table: str, batch: list[CommitInfo], routes: Routes, result: TableResult,
-               reader: LogReader | None = None) -> None:
+               reader: LogReader | None = None, hint_version: int | None = None) -> None:
         changed = [c.version for c in batch if c.data_change]
         modified = getattr(reader, "modified", None)
         times = tuple(commit_times(batch, self.clock.now(), modified.get if isinstance(modified, dict) else None))
+        lag = self._lag(batch, modified if isinstance(modified, dict) else {}, hint_version)
         for info in batch:
             log.info(
                 "commit detected: table=%s version=%s operation=%s data_change=%s partitions=%s datasets=%s",
@@ -338,15 +340,31 @@ class Detector:
             recorded = self.states.record(key, Change(
                 trigger="commit", table=table, versions=tuple(changed), model_tables=model_tables,
                 debounce_seconds=ds.debounce_seconds, max_delay_seconds=ds.max_delay_seconds, commit_times=times,
+                detection_lag_seconds=lag,
             ))
             if recorded.job_id is not None:
                 result.jobs[key] = recorded.job_id
                 if recorded.created:
                     result.created.append(key)
-                log.info("job %s for dataset %s: %s versions %s..%s of %s (due %s)",
+                log.info("job %s for dataset %s: %s versions %s..%s of %s (due %s%s)",
                          "created" if recorded.created else "coalesced", key,
                          "+".join(sorted(model_tables)) if model_tables else "whole model",
-                         changed[0], changed[-1], table, recorded.due_at)
+                         changed[0], changed[-1], table, recorded.due_at,
+                         f"; detection {lag:.0f} s behind" if lag > ds.debounce_seconds > 0 else "")
+
+    def _lag(self, batch: list[CommitInfo], modified: dict[int, Any], hint_version: int | None) -> float:
+        """How far event-driven detection is known to run behind the lake: the time between the commit whose
+        event started this pass (the hinted version, else the batch's first) and the newest commit the pass
+        found, both by the lake's clock (the blobs' last-modified times). The table kept committing that long
+        while the event waited, so events run at least that far behind, and commits of the same period (to
+        this dataset's other tables too) may still be on their way: pending.py keeps the job from falling
+        due before they arrive. 0 for a sweep's pass (it looks at every table itself) and when not known."""
+        if hint_version is None or not batch:
+            return 0.0
+        first, newest = modified.get(hint_version) or modified.get(batch[0].version), modified.get(batch[-1].version)
+        if not isinstance(first, datetime) or not isinstance(newest, datetime):
+            return 0.0
+        return max(0.0, (newest - first).total_seconds())
 
 
 def _short(partitions: list[dict[str, Any]], limit: int = 3) -> str:

@@ -23,8 +23,12 @@ write of a job, its copy in ``running`` or its outcome row can exceed Table Stor
 
 The queue message is sent once, when a job is created, delayed until the job is due
 (``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
-first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
-remainder of the wait (refresh/jobs/worker.py).
+first). When the latest change was detected late (event-driven detection known to run behind the
+lake by more than the debounce: the table kept committing that long while the event that found it
+waited in a backlog), the job waits that lag instead, so the commits still on their way join this
+job rather than a second refresh (:func:`_quiet_wait`). Later changes
+only update the entity; the worker re-checks ``due_at`` and re-queues the remainder of the wait
+(refresh/jobs/worker.py).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Change:
     dataset: str | None = None
     scheduled_for: str | None = None
     commit_times: tuple[CommitTime, ...] = ()   # commit changes: when each version was committed (freshness)
+    detection_lag_seconds: float = 0.0          # commit changes: how far detection is known to run behind
 
 
 @dataclass(frozen=True)
@@ -323,11 +328,11 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
             src.last_version = max(src.last_version, versions[-1])
             src.commits += len(versions)
     created_at = parse_iso(job.created_at)
-    due = min(now + timedelta(seconds=change.debounce_seconds),
-              created_at + timedelta(seconds=change.max_delay_seconds))
+    due = min(now + timedelta(seconds=_quiet_wait(change)), created_at + timedelta(seconds=change.max_delay_seconds))
     if not created:
-        # a later change never makes a job due earlier than an explicit request asked (manual = now)
-        due = max(due, now) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
+        # a later change never makes a job due earlier than an explicit request asked (manual = now), and a
+        # commit never makes it due earlier than an earlier change's wait (a backlog's lag: _quiet_wait)
+        due = max(due, now, parse_iso(job.due_at)) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
     new_due = max(due, created_at)
     job.due_at = iso(new_due)
 
@@ -340,6 +345,18 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
         data["enqueued"] = False
     return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
                           earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
+
+
+def _quiet_wait(change: Change) -> float:
+    """How long after this change the job falls due: the debounce, or, when detection is known to run further
+    behind the lake than the debounce (a backlog of events: refresh/detection/detector.py ``_lag``), that lag.
+    Events arrive roughly in order, so the commits made during the lag (to this dataset's other tables too)
+    are still on their way; the job waits for them instead of firing mid-backlog and leaving them to a
+    second refresh. A debounce of 0 means "refresh every change" and stays 0. Never beyond
+    ``max_delay_seconds`` after the job was created (the caller caps it)."""
+    if change.debounce_seconds <= 0:
+        return 0.0
+    return max(float(change.debounce_seconds), change.detection_lag_seconds)
 
 
 def _note_commit_times(data: dict[str, Any], table: str, commits: list[CommitTime]) -> None:
