@@ -23,12 +23,11 @@ write of a job, its copy in ``running`` or its outcome row can exceed Table Stor
 
 The queue message is sent once, when a job is created, delayed until the job is due
 (``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
-first). When the latest change was detected late (event-driven detection known to run behind the
-lake by more than the debounce: the table kept committing that long while the event that found it
-waited in a backlog), the job waits that lag instead, so the commits still on their way join this
-job rather than a second refresh (:func:`_quiet_wait`). Later changes
-only update the entity; the worker re-checks ``due_at`` and re-queues the remainder of the wait
-(refresh/jobs/worker.py).
+first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
+remainder of the wait (refresh/jobs/worker.py). While the events of a burst are still arriving for
+commits a pass already read ahead of them (detection working through a backlog of events), the
+detector keeps a commit-only job from falling due with :meth:`DatasetStates.postpone`
+(refresh/detection/detector.py).
 """
 
 from __future__ import annotations
@@ -76,7 +75,6 @@ class Change:
     dataset: str | None = None
     scheduled_for: str | None = None
     commit_times: tuple[CommitTime, ...] = ()   # commit changes: when each version was committed (freshness)
-    detection_lag_seconds: float = 0.0          # commit changes: how far detection is known to run behind
 
 
 @dataclass(frozen=True)
@@ -261,6 +259,29 @@ class DatasetStates:
             repaired += 1
         return repaired
 
+    def postpone(self, dataset: str, job_id: str, due: datetime, max_delay_seconds: int) -> str | None:
+        """Move the due time of the pending job ``job_id`` out to ``due`` (never beyond ``max_delay_seconds``
+        after it was created, never earlier than it is), ETag-guarded. Only a job made of commit changes
+        alone: an explicit request is never delayed. Returns the job's due time as stored, or None when
+        that job is no longer pending (it started, or another job replaced it) or is not commit-only."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            job = pending_of(entity)
+            if entity is None or job is None or job.job_id != job_id or job.triggers != ["commit"]:
+                return None
+            target = min(due, parse_iso(job.created_at) + timedelta(seconds=max_delay_seconds))
+            if target <= parse_iso(job.due_at):
+                return job.due_at
+            job.due_at = iso(target)
+            data = dict(entity)
+            tables.put_json(data, "pending", job.to_dict())
+            try:
+                tables.write(self.table, data, entity.metadata["etag"])
+                return job.due_at
+            except tables.Conflict:
+                continue
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+
     def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
         """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
 
@@ -328,11 +349,11 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
             src.last_version = max(src.last_version, versions[-1])
             src.commits += len(versions)
     created_at = parse_iso(job.created_at)
-    due = min(now + timedelta(seconds=_quiet_wait(change)), created_at + timedelta(seconds=change.max_delay_seconds))
+    due = min(now + timedelta(seconds=change.debounce_seconds),
+              created_at + timedelta(seconds=change.max_delay_seconds))
     if not created:
-        # a later change never makes a job due earlier than an explicit request asked (manual = now), and a
-        # commit never makes it due earlier than an earlier change's wait (a backlog's lag: _quiet_wait)
-        due = max(due, now, parse_iso(job.due_at)) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
+        # a later change never makes a job due earlier than an explicit request asked (manual = now)
+        due = max(due, now) if change.trigger == "commit" else min(due, parse_iso(job.due_at))
     new_due = max(due, created_at)
     job.due_at = iso(new_due)
 
@@ -345,18 +366,6 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
         data["enqueued"] = False
     return data, Recorded(job_id=job.job_id, created=created, due_at=job.due_at,
                           earlier=old_due is not None and new_due < old_due, joined=None if created else "pending")
-
-
-def _quiet_wait(change: Change) -> float:
-    """How long after this change the job falls due: the debounce, or, when detection is known to run further
-    behind the lake than the debounce (a backlog of events: refresh/detection/detector.py ``_lag``), that lag.
-    Events arrive roughly in order, so the commits made during the lag (to this dataset's other tables too)
-    are still on their way; the job waits for them instead of firing mid-backlog and leaving them to a
-    second refresh. A debounce of 0 means "refresh every change" and stays 0. Never beyond
-    ``max_delay_seconds`` after the job was created (the caller caps it)."""
-    if change.debounce_seconds <= 0:
-        return 0.0
-    return max(float(change.debounce_seconds), change.detection_lag_seconds)
 
 
 def _note_commit_times(data: dict[str, Any], table: str, commits: list[CommitTime]) -> None:
