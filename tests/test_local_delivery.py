@@ -239,6 +239,23 @@ def test_a_burst_over_many_hot_tables_costs_a_bounded_number_of_listings_a_poll(
         f"{t}/_delta_log/{v:020d}.json" for t in tables for v in (1, 2))
 
 
+def test_a_container_scan_interleaves_the_tables_that_committed_together(azurite, invoker, stop, unique):
+    """Event Grid sends events about in the order the blobs were written: commits found by one scan go out
+    version by version across the tables (each table's in order), not one whole table after another."""
+    calls = Calls()
+    watcher = _watcher(azurite, calls, f"order{unique}", invoker, stop)
+    watcher.rescan(initial=True)
+    for v in range(3):
+        for table in ("a", "b", "c"):
+            watcher.container.upload_blob(f"{table}/_delta_log/{v:020d}.json", b"{}")
+    order: list[str] = []
+    deliver = watcher.deliver
+    watcher.deliver = lambda blob: order.append(blob.name) or deliver(blob)
+    watcher.rescan()
+    assert order == [f"{t}/_delta_log/{v:020d}.json" for v in range(3) for t in ("a", "b", "c")]
+    assert invoker.wait_idle(10)
+
+
 def test_a_deleted_and_rewritten_commit_is_delivered_again(azurite, invoker, stop, unique):
     calls = Calls()
     watcher = _watcher(azurite, calls, f"re{unique}", invoker, stop)

@@ -258,6 +258,7 @@ class LakeWatcher:
         self._slow("the container", started)
         deliver = self.replay_existing or not initial
         found = []
+        fresh_by_table: list[list[str]] = []
         for root in sorted(by_root):
             table = self.tables.get(root)
             if table is None:
@@ -274,10 +275,14 @@ class LakeWatcher:
             self._advance(table, fresh)
             if fresh and deliver:
                 table.hot_until = time.monotonic() + self.hot_seconds
-                for name in fresh:
-                    self.deliver(NewBlob(name, noticed=noticed))
+                fresh_by_table.append(fresh)
         for root in [r for r in self.tables if r not in by_root]:
             del self.tables[root]  # the table is gone
+        # Event Grid sends events roughly in the order the blobs were written; a names-only listing does not
+        # say when, so tables that committed together are interleaved (each one's commits in version order)
+        # rather than delivered a whole table after another
+        for name in _interleaved(fresh_by_table):
+            self.deliver(NewBlob(name, noticed=noticed))
         return found
 
     # polling ------------------------------------------------------------------------------------
@@ -293,13 +298,20 @@ class LakeWatcher:
         if len(tables) > 2:
             if self._probe_pool is None:
                 self._probe_pool = ThreadPoolExecutor(max_workers=self.hot_probes, thread_name_prefix="lake-probe")
-            return sum(self._probe_pool.map(self._probe, tables))
-        return sum(self._probe(t) for t in tables)
+            found = list(self._probe_pool.map(self._probe, tables))
+        else:
+            found = [self._probe(t) for t in tables]
+        noticed = time.time()
+        fresh = _interleaved(found)  # as in rescan: about the order they were written in
+        for name in fresh:
+            self.deliver(NewBlob(name, noticed=noticed))
+        return len(fresh)
 
-    def _probe(self, table: _Table) -> int:
+    def _probe(self, table: _Table) -> list[str]:
+        """The new commit blobs of ``table``, in version order (delivered by :meth:`poll`)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        delivered = 0
+        delivered: list[str] = []
         while True:
             nxt = table.frontier + 1
             decade = f"{nxt:020d}"[:19]
@@ -310,14 +322,11 @@ class LakeWatcher:
                 names = list(self.container.list_blob_names(name_starts_with=prefix))
             except ResourceNotFoundError:
                 return delivered
-            noticed = time.time()
             self._slow(prefix, started)
             fresh = sorted(n for n in names if wanted(n) and n not in table.seen)
             table.seen.update(fresh)
             self._advance(table, fresh)
-            for name in fresh:
-                self.deliver(NewBlob(name, noticed=noticed))
-            delivered += len(fresh)
+            delivered.extend(fresh)
             if table.frontier >= nxt and table.frontier % 10 == 9 and table.frontier != before:
                 continue  # that decade is full: the next commit is in the next one
             break
@@ -491,6 +500,14 @@ class LakeWatcher:
         blob = NewBlob(name, str(props.etag), int(props.size or 0), time.time())
         self._submit(lambda: self._run_blob(target, blob, 1), "blob")
         return True
+
+
+def _interleaved(lists: list[list[str]]) -> list[str]:
+    """The first item of each list, then the second of each, and so on."""
+    out: list[str] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
 
 
 def _version_of(name: str, root: str) -> int:
