@@ -182,7 +182,7 @@ def read_counts(path: Path) -> dict[str, int]:
 
 
 def run(mode: str, table_count: int, versions: int, datasets: int, azurite: Azurite, workdir: Path,
-        profile: Path | None = None, writers: tuple[int, int] = (4, 4)) -> dict:
+        profile: Path | None = None, writers: tuple[int, int] = (4, 12)) -> dict:
     import pyarrow as pa
     from azure.storage.blob import BlobServiceClient
     from deltalake import write_deltalake
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", type=int, default=100, help="commits per table")
     parser.add_argument("--datasets", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--writers", default="4,4", help="writer processes,threads per process (default 4,4)")
+    parser.add_argument("--writers", default="4,12", help="writer processes,threads per process (default 4,12)")
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy samples of the runtime here")
     args = parser.parse_args(argv)
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}")
