@@ -168,8 +168,8 @@ class Detector:
                     if self._dues.get(key) is known:
                         del self._dues[key]  # that job started (or was replaced): nothing to keep back
                     continue
-                known.due = max(known.due, parse_iso(stored))
                 known.capped = parse_iso(stored) < target
+                known.due = parse_iso(stored) if known.capped else max(known.due, parse_iso(stored))
             if parse_iso(stored) > was:
                 log.info("job %s for dataset %s: due %s (events of %s still arriving: detection catching up)",
                          known.job_id, key, stored, table)
