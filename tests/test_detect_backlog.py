@@ -113,3 +113,42 @@ def test_a_late_event_after_the_job_started_makes_no_job(app):
     app.states.update("d", take)
     app.detector.process("t/a", 3)
     assert pending_of(app.states.get("d")) is None
+
+
+def test_passes_over_different_tables_each_keep_their_whole_read_window(app):
+    """A burst over many tables has several passes running at once (the blob trigger runs 4 at a time): each
+    keeps its ``read_concurrency`` reads in flight instead of sharing one window between them all."""
+    import itertools
+    import threading
+
+    from refresh.detection.deltalog import BlobLogReader
+
+    window = app.detector.read_concurrency
+    both = threading.Barrier(2 * window)  # only passes when both passes have their whole window in flight
+    order = itertools.count()
+
+    class Gated(BlobLogReader):
+        def open_commit(self, version: int):
+            if threading.current_thread().name.startswith("commit-read") and next(order) < 2 * window:
+                both.wait(timeout=10)
+            return super().open_commit(version)
+
+    lake = app.lake
+    app.detector.reader_for = lambda table: Gated(lake, table)
+    for table in ("t/a", "t/b"):
+        for v in range(1, window + 3):
+            put(app, table, v)
+    results: dict[str, object] = {}
+
+    def run(table: str) -> None:
+        try:
+            results[table] = app.detector.process(table, 1)
+        except Exception as exc:  # a broken barrier: the two windows were never in flight together
+            results[table] = exc
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("t/a", "t/b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [len(getattr(results[t], "commits", [])) for t in ("t/a", "t/b")] == [window + 2, window + 2], results

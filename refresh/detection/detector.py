@@ -67,6 +67,8 @@ Routes = list[tuple[str, frozenset[str] | None]]
 log = logging.getLogger(__name__)
 
 LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
+PASSES_AT_ONCE = 4        # passes over different tables that keep their whole read window at once (host.json
+                          # blobs.maxDegreeOfParallelism); more share the read threads
 POSTPONE_AT = 0.75        # a late event postpones a job once less than this share of its debounce is left
 _POOL_LOCK = threading.Lock()
 
@@ -288,7 +290,9 @@ class Detector:
         One read of ``start`` first (when it is absent, the usual case for a sweep, that is the only
         request). When it exists, the rest of the run is found by listing the log in blocks of
         :data:`LIST_BLOCK` versions (a listing costs what the final absent read used to) and read
-        concurrently, at most ``read_concurrency`` at a time, while classification stays in order.
+        concurrently, at most ``read_concurrency`` at a time, while classification stays in order (the read
+        threads are shared by the passes over different tables: :data:`PASSES_AT_ONCE` of them each keep
+        their whole window).
         Returns (commits, the malformed commit that stopped the run, whether ``start`` was absent).
         """
         batch: list[CommitInfo] = []
@@ -354,7 +358,7 @@ class Detector:
     def _pool(self) -> ThreadPoolExecutor:
         with _POOL_LOCK:
             if self._reads is None:
-                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency),
+                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency) * PASSES_AT_ONCE,
                                                  thread_name_prefix="commit-read")
             return self._reads
 
