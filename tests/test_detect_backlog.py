@@ -152,3 +152,17 @@ def test_passes_over_different_tables_each_keep_their_whole_read_window(app):
     for t in threads:
         t.join(60)
     assert [len(getattr(results[t], "commits", [])) for t in ("t/a", "t/b")] == [window + 2, window + 2], results
+
+
+def test_a_late_event_leaves_an_unreadable_pending_record_alone(app):
+    burst_read_ahead(app)
+    app.clock.advance(6)
+
+    def corrupt(data):  # the stored JSON text of the pending job (kept in chunks) is broken
+        data["pending_n"], data["pending_0"] = 1, "{not json"
+        return True
+
+    app.states.update("d", corrupt)
+    result = app.detector.process("t/a", 2)  # must not fail the trigger (it would be retried for nothing)
+    assert result.error is None and not result.commits
+    assert app.states.get("d")["pending_0"] == "{not json"

@@ -263,10 +263,15 @@ class DatasetStates:
         """Move the due time of the pending job ``job_id`` out to ``due`` (never beyond ``max_delay_seconds``
         after it was created, never earlier than it is), ETag-guarded. Only a job made of commit changes
         alone: an explicit request is never delayed. Returns the job's due time as stored, or None when
-        that job is no longer pending (it started, or another job replaced it) or is not commit-only."""
+        that job is no longer pending (it started, or another job replaced it), is not commit-only, or the
+        stored record cannot be read (left as it is for the worker and the next change to deal with)."""
         for _ in range(MAX_CONFLICT_RETRIES):
             entity = self.get(dataset)
-            job = pending_of(entity)
+            try:
+                job = pending_of(entity)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("dataset %s: pending job not postponed, its record cannot be read (%s)", dataset, exc)
+                return None
             if entity is None or job is None or job.job_id != job_id or job.triggers != ["commit"]:
                 return None
             target = min(due, parse_iso(job.created_at) + timedelta(seconds=max_delay_seconds))
