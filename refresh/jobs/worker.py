@@ -248,10 +248,9 @@ class Worker(Checks):
         return self._post(msg.dataset, running, target)
 
     def _post(self, dataset_key: str, running: RunningJob, target: Target) -> str:
-        if running.unsure_since:
-            found = self._find_own(dataset_key, running)
-            if found is not None:
-                return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
+        settled = self._adopt_own(dataset_key, running)
+        if settled is not None:
+            return settled
         job = running.job
         objects = job.objects()
         if running.enhanced:
@@ -279,12 +278,8 @@ class Worker(Checks):
             kind = "busy" if isinstance(exc, pbi_errors.RefreshBusyError) else "429"
             self.metrics.record_throttled(dataset_key, kind)
         if isinstance(exc, pbi_errors.RefreshBusyError):
-            if running.unsure_since:  # busy: perhaps with the refresh our unanswered POST started
-                found = self._find_own(dataset_key, running)
-                if found is not None:
-                    return self._started(dataset_key, running, found.refresh.request_id,
-                                         adopted_reason=found.reason)
-            return self._busy(dataset_key, running, exc)
+            settled = self._adopt_own(dataset_key, running)  # busy: perhaps with the refresh our unanswered POST
+            return settled if settled is not None else self._busy(dataset_key, running, exc)  # started
         if isinstance(exc, pbi_errors.ThrottledError):
             delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
             return self._back_to_pending(dataset_key, running, delay,
@@ -298,11 +293,8 @@ class Worker(Checks):
             running.attempts += 1
             self._save_running(dataset_key, running)
             return self._retry_job(dataset_key, running.job_id, running.attempts, exc)
-        if running.unsure_since:  # before failing: an earlier POST without an answer may have started it
-            found = self._find_own(dataset_key, running)
-            if found is not None:
-                return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
-        return self._start_failed(dataset_key, running.job, running, exc)
+        settled = self._adopt_own(dataset_key, running)  # an earlier POST without an answer may have started it
+        return settled if settled is not None else self._start_failed(dataset_key, running.job, running, exc)
 
     def _busy(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError) -> str:
         """Another refresh is executing: wait for it (its expected end), or re-post soon if none shows."""
@@ -372,8 +364,36 @@ class Worker(Checks):
     def _ours(self, dataset_key: str) -> list[dict[str, str]]:
         return tables.get_json(self.states.get(dataset_key), "ours", []) or []
 
-    def _find_own(self, dataset_key: str, running: RunningJob) -> Any:
-        return find_own_refresh(self.powerbi, running, {o["id"] for o in self._ours(dataset_key)})
+    def _adopt_own(self, dataset_key: str, running: RunningJob) -> str | None:
+        """With a POST of this job whose answer was never seen: adopt the refresh it started if the history
+        shows it; if the history cannot be read, look again later (posting now could start a second refresh
+        that no row describes). None: no such POST, or none of its refreshes in the history; go on."""
+        if not running.unsure_since:
+            return None
+        try:
+            found = find_own_refresh(self.powerbi, running, {o["id"] for o in self._ours(dataset_key)})
+        except pbi_errors.PowerBIError as exc:
+            return self._history_unreadable(dataset_key, running, exc)
+        if found is None:
+            return None
+        return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
+
+    def _history_unreadable(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError) -> str:
+        why = (f"the POST sent at {running.unsure_since} got no answer and Power BI's refresh history, which "
+               f"would show whether it started a refresh, could not be read ({_describe(exc)})")
+        log.info("job %s of dataset %s: %s; not posting again before it can be read", running.job_id, dataset_key,
+                 why)
+        if isinstance(exc, pbi_errors.ThrottledError):
+            delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
+            return self._back_to_pending(dataset_key, running, delay, f"{why}; looking again in {delay:.0f} s", exc)
+        if _may_retry(exc, running.attempts + 1):
+            running.attempts += 1
+            self._save_running(dataset_key, running)
+            return self._retry_job(dataset_key, running.job_id, running.attempts, exc)
+        return self._start_failed(dataset_key, running.job, running, pbi_errors.PowerBIError(
+            f"{why}; whether that refresh ran is unknown: see Power BI's refresh history", code="HistoryUnreadable",
+            status=exc.status,
+            request_id=exc.request_id))
 
     def _retry_job(self, dataset_key: str, job_id: str, attempt: int, exc: pbi_errors.PowerBIError) -> str:
         delay = timing.backoff(attempt, self.rng)
