@@ -35,9 +35,11 @@ class Endings:
     metrics: Any = None     # refresh.monitoring.metrics.Metrics
 
     def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
-                status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
+                status: Any = None, error_code: str | None = None, error_message: str | None = None,
+                follow_up: bool = True) -> str:
         """Record the outcome row first, then release the lease: a crash in between leaves the lease, and the
-        redelivered check finds the end again and releases it."""
+        redelivered check finds the end again and releases it. ``follow_up``: send the message of a job that
+        waits for this one (False when the caller is handling that job's message)."""
         fields: dict[str, Any] = {}
         if status is not None:
             error_code = error_code or status.error_code
@@ -73,10 +75,10 @@ class Endings:
             self._noted(dataset_key, entity, noted[0])
         elif row is not None and row.get("status") in END_STATES:
             self._note_freshness(dataset_key, row)  # the lease was not ours any more: a write of its own
-        follow_up = pending_of(entity) if entity else None
-        if follow_up is not None:
-            self._requeue("job", dataset_key, follow_up.job_id,
-                          max(0.0, (parse_iso(follow_up.due_at) - now).total_seconds()))
+        waiting = pending_of(entity) if entity and follow_up else None
+        if waiting is not None:
+            self._requeue("job", dataset_key, waiting.job_id,
+                          max(0.0, (parse_iso(waiting.due_at) - now).total_seconds()))
         return status_word.lower()
 
     def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, *,
@@ -206,20 +208,6 @@ class Endings:
         log.info("job %s of dataset %s waits %.0f s: %s", job.job_id, dataset_key, delay, detail)
         self._requeue("job", dataset_key, job.job_id, delay)
         return "waiting"
-
-    def _abandon(self, dataset_key: str, running: RunningJob, now: datetime) -> None:
-        self._finish_row(dataset_key, running.job_id, Status.FAILED, now, error_code="LeaseExpired",
-                         request_id=running.refresh_id,
-                         error_message="the job's lease expired before its end was seen (instance lost?)")
-
-        def clear(data: dict[str, Any]) -> bool:
-            current = _running_of(data)
-            if current and current.job_id == running.job_id:
-                tables.put_json(data, "running", None)
-                return True
-            return False
-
-        self.states.update(dataset_key, clear)
 
     def _drop_pending(self, dataset_key: str, job_id: str) -> None:
         def drop(data: dict[str, Any]) -> bool:

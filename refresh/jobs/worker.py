@@ -115,16 +115,25 @@ class Worker(Checks):
             raise
 
     def give_up(self, msg: messages.JobMessage, reason: str) -> None:
-        """Record the job as failed and free the dataset (last delivery, or the poison queue)."""
+        """A message of the job failed on its last delivery, or landed in the poison queue. A job that holds
+        the lease is ended with the truth Power BI reports about its refresh (and one whose refresh still runs
+        is followed again: see ``Checks._end_unfollowed``); a job that started nothing is recorded Failed
+        (``GaveUp``) and the dataset is freed."""
         now = self.clock.now()
         row = self.outcomes.get(msg.job_id)
         if row is not None and row.get("status") in END_STATES:
             return
+        entity = self.states.get(msg.dataset)
         if row is None:  # a job of the state whose creator stopped before writing its row
-            job = _job_of(self.states.get(msg.dataset), msg.job_id)
+            job = _job_of(entity, msg.job_id)
             if job is not None:
                 self.outcomes.ensure(msg.dataset, job)
-        self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp", error_message=reason)
+        running = _running_of(entity)
+        if running is not None and running.job_id == msg.job_id:
+            self._end_unfollowed(msg.dataset, running, now, error_code="GaveUp", why=reason, resume=True)
+            return
+        self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp",
+                         error_message=f"{reason}; no refresh had been started")
 
         def release(entity: dict[str, Any]) -> bool:
             running = _running_of(entity)
@@ -163,7 +172,8 @@ class Worker(Checks):
                               detail=f"waiting for job {running.job_id} of this dataset to finish")
                 self._requeue("job", msg.dataset, job.job_id, delay)
                 return "waiting-for-lease"
-            self._abandon(msg.dataset, running, now)
+            self._end_unfollowed(msg.dataset, running, now, error_code="LeaseExpired", resume=False, follow_up=False,
+                                 why="the job's lease expired before its end was seen (instance lost?)")
 
         try:
             target = self._target(msg.dataset, job)
