@@ -61,6 +61,7 @@ class Endings:
                 return False
             tables.put_json(data, "running", None)
             noted[:] = [self._note_in(data, dataset_key, row)]
+            _fold_summary(data, dataset_key, row)  # the status views' summary, in this same write
             if status_word == Status.COMPLETED:
                 # what the model now contains: per source table, the newest version refreshed
                 refreshed = tables.get_json(data, "refreshed", {}) or {}
@@ -74,7 +75,8 @@ class Endings:
         if noted and noted[0] is not None:
             self._noted(dataset_key, entity, noted[0])
         elif row is not None and row.get("status") in END_STATES:
-            self._note_freshness(dataset_key, row)  # the lease was not ours any more: a write of its own
+            self._note_freshness(dataset_key, row)  # the lease was not ours any more: writes of their own
+            self._note_summary(dataset_key, row)
         waiting = pending_of(entity) if entity and follow_up else None
         if waiting is not None:
             self._requeue("job", dataset_key, waiting.job_id,
@@ -102,10 +104,11 @@ class Endings:
             _log_outcome(to_public(row))
             if self.metrics is not None:
                 self.metrics.record_outcome(dataset_key, str(status_word), to_public(row).get("duration_seconds"))
-        if row is not None and row.get("status") in END_STATES and not freshness_later:
-            # also on a second pass: a crash between the row and this write is repaired by the redelivery
-            self._note_freshness(dataset_key, row)
-        self._note_summary(dataset_key, row)
+        if not freshness_later:  # else the caller folds freshness and the summary into its own write
+            if row is not None and row.get("status") in END_STATES:
+                # also on a second pass: a crash between the row and this write is repaired by the redelivery
+                self._note_freshness(dataset_key, row)
+            self._note_summary(dataset_key, row)
         return row
 
     def _note_in(self, data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> Any:
@@ -235,6 +238,20 @@ class Endings:
 JOINER_FIELDS = ("triggers", "requested_by", "reasons")
 """Row lists that requests joining a running job add to (refresh/jobs/pending.py): the worker's own copy of the
 job never replaces them, it adds to them."""
+
+
+def _fold_summary(data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> None:
+    """Fold the job's end into the dataset's summary on ``data``, a state entity about to be written (never fails
+    the job's end: the outcome row is the truth, and the next end brings the summary up to date)."""
+    if row is None:
+        return
+    try:
+        summary = summaries.DatasetSummary.from_entity(data)
+        if summary.fold(to_public(row)):
+            tables.put_json(data, summaries.COLUMN, summary.to_json())
+    except Exception as exc:
+        log.error("summary of dataset %s: could not fold the end of job %s (%s)", dataset_key, row.get("job_id"),
+                  type(exc).__name__)
 
 
 def _keep_joiners(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
