@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from refresh.core.adhoc import AdhocAccess, parse_setting
 from refresh.core.validation import unicode_problem
-from refresh.jobs.adhoc import AdhocAccess, parse_setting
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 

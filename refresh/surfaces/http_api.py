@@ -23,6 +23,7 @@ from typing import Any
 
 import azure.functions as func
 
+from refresh.core import adhoc
 from refresh.core import storage as tables
 from refresh.core.clock import iso, parse_iso
 from refresh.core.context import get_app
@@ -40,7 +41,7 @@ from refresh.core.validation import (
     shown,
     text_problem,
 )
-from refresh.jobs import adhoc, summaries
+from refresh.jobs import summaries
 from refresh.jobs.outcomes import Status
 from refresh.jobs.pending import PK_DATASET, Change, pending_of
 from refresh.jobs.worker import SHARED_DAILY_LIMIT
