@@ -257,21 +257,13 @@ class DatasetStates:
         return repaired
 
     def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
-        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
+        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts
+        (:func:`refresh.core.storage.update`; the entity is created if missing).
 
         ``mutate`` returns False to leave the entity unchanged. Returns the entity as written (or None).
         """
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(dataset)
-            data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
-            if not mutate(data):
-                return entity
-            try:
-                tables.write(self.table, data, entity.metadata["etag"] if entity else None)
-                return data
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+        return tables.update(self.table, PK_DATASET, tables.row_key(dataset), mutate, create=True,
+                             attempts=MAX_CONFLICT_RETRIES, what=f"dataset {dataset}: state")
 
 
 def pending_of(entity: Any | None) -> PendingJob | None:

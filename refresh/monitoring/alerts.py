@@ -209,20 +209,16 @@ class AlertStore:
 
     def update(self, alert_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
         """Read-modify-write ETag-guarded; ``change`` returns the fields to set (None: no change)."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(alert_id)
-            if entity is None:
-                return None
-            fields = change(dict(entity))
+        def apply(data: dict[str, Any]) -> bool:
+            fields = change(dict(data))
             if fields is None:
-                return dict(entity)
-            data = {**dict(entity), **fields}
-            try:
-                tables.write(self.table, data, entity.metadata["etag"])
-                return data
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"alert {alert_id} kept changing")
+                return False
+            data.update(fields)
+            return True
+
+        entity = tables.update(self.table, PK_ALERT, alert_id, apply, attempts=MAX_CONFLICT_RETRIES,
+                               what=f"alert {alert_id}")
+        return dict(entity) if entity is not None else None
 
     def problems(self, limit: int = 20) -> list[dict[str, Any]]:
         """Alerts that failed or are being retried, newest first (for the status page)."""
