@@ -35,12 +35,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.core.settings import ALERT_SETTINGS as ALERT_SETTINGS  # re-exported
-from refresh.core.settings import SettingsError
+from refresh.core.settings import SettingsError, number_setting, url_setting
 from refresh.jobs import messages
 from refresh.monitoring.alert_formats import FORMATS, render
 from refresh.monitoring.freshness import AlertEvent
@@ -96,33 +95,18 @@ class AlertSettings:
         """Read and validate the ``ALERT_*`` settings; raises :class:`SettingsError` naming the setting."""
         url = (env.get("ALERT_WEBHOOK_URL") or "").strip()
         if url:
-            _check_url(url, "ALERT_WEBHOOK_URL", secret=True)
+            url_setting("ALERT_WEBHOOK_URL", url, secret=True)
         fmt = (env.get("ALERT_WEBHOOK_FORMAT") or "json").strip().lower()
         if fmt not in FORMATS:
             raise SettingsError("ALERT_WEBHOOK_FORMAT", f"{fmt!r} is not one of {', '.join(FORMATS)}")
-        raw_timeout = (env.get("ALERT_WEBHOOK_TIMEOUT_SECONDS") or "10").strip()
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            raise SettingsError("ALERT_WEBHOOK_TIMEOUT_SECONDS", f"{raw_timeout!r} is not a number") from None
-        if not 1 <= timeout <= 120:
-            raise SettingsError("ALERT_WEBHOOK_TIMEOUT_SECONDS", f"{timeout} is outside 1..120")
+        timeout = number_setting("ALERT_WEBHOOK_TIMEOUT_SECONDS",
+                                 (env.get("ALERT_WEBHOOK_TIMEOUT_SECONDS") or "10").strip(), float, 1, 120)
         base = (env.get("ALERT_STATUS_BASE_URL") or "").strip()
         if base:
-            _check_url(base, "ALERT_STATUS_BASE_URL", secret=False)
+            url_setting("ALERT_STATUS_BASE_URL", base)
         elif (env.get("WEBSITE_HOSTNAME") or "").strip():
             base = f"https://{env['WEBSITE_HOSTNAME'].strip()}"
         return cls(webhook_url=url, format=fmt, timeout=timeout, base_url=base.rstrip("/") or None)
-
-
-def _check_url(value: str, name: str, *, secret: bool) -> None:
-    shown = "the value" if secret else repr(value)
-    parts = urlsplit(value)
-    loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise SettingsError(name, f"{shown} must be an https URL (plain http only on loopback)")
-    if not parts.hostname:
-        raise SettingsError(name, f"{shown} has no host")
 
 
 # -- queue message ---------------------------------------------------------------------------------------
