@@ -181,6 +181,23 @@ def test_page_shows_alert_delivery_failures(views):
     assert 'class="alerts"' not in other
 
 
+def test_a_datasets_page_shows_its_alert_problems_however_many_other_datasets_have(views):
+    """Old code: the dataset page filtered the overview's newest 10 problems, so 10 newer ones of other datasets
+    hid this dataset's own."""
+    world = views(2)
+    now = world.clock.now()
+    store = AlertStore(world.app.state_table)
+    store.create(AlertEvent.from_json({"id": "a" * 32, "event": "freshness_breached", "dataset": "ds000",
+                                       "occurred_at": iso(now - timedelta(hours=1)), "lag_seconds": 4000}),
+                 "failed", now - timedelta(hours=1), last_error="HTTP 500 for ds000")
+    for i in range(12):
+        store.create(AlertEvent.from_json({"id": f"{i:032x}", "event": "refresh_failed", "dataset": "ds001",
+                                           "occurred_at": iso(now), "lag_seconds": 0}),
+                     "failed", now + timedelta(seconds=i), last_error="HTTP 500 for ds001")
+    detail = world.call("status_page", "GET", "/api/status", params={"dataset": "ds000"}).get_body().decode()
+    assert "HTTP 500 for ds000" in detail and "HTTP 500 for ds001" not in detail
+
+
 def test_overview_at_300_datasets_is_small_and_puts_what_needs_attention_first(views):
     world = views(300)
     for i in range(300):

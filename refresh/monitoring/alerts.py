@@ -204,10 +204,15 @@ class AlertStore:
                                what=f"alert {alert_id}")
         return dict(entity) if entity is not None else None
 
-    def problems(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Alerts that failed or are being retried, newest first (for the status page)."""
-        rows = [to_public(e) for e in self.table.query_entities(
-            "PartitionKey eq @pk and (status eq 'failed' or status eq 'retrying')", parameters={"pk": PK_ALERT})]
+    def problems(self, limit: int = 20, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Alerts that failed or are being retried, newest first (for the status page); only ``dataset``'s
+        when given (filtered by the query, so another dataset's many problems never hide its own)."""
+        where = "PartitionKey eq @pk and (status eq 'failed' or status eq 'retrying')"
+        parameters = {"pk": PK_ALERT}
+        if dataset is not None:
+            where += " and dataset eq @ds"
+            parameters["ds"] = dataset
+        rows = [to_public(e) for e in self.table.query_entities(where, parameters=parameters)]
         rows.sort(key=lambda r: r.get("created_at") or "", reverse=True)
         return rows[:limit]
 
