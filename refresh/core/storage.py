@@ -44,6 +44,15 @@ def get_json(entity: Any, name: str, default: Any = None) -> Any:
     return json.loads(text) if text else default
 
 
+def raw_json(entity: Any, name: str) -> str:
+    """The stored text of a JSON property (its chunks joined), read or not."""
+    count = value(entity, f"{name}_n")
+    try:
+        return "".join(str(value(entity, f"{name}_{i}", "")) for i in range(int(count or 0)))
+    except (TypeError, ValueError):
+        return ""
+
+
 def put_json(entity: dict[str, Any], name: str, data: Any) -> None:
     """Store ``data`` as JSON in ``entity`` (chunked); removes stale chunks by writing empties."""
     text = json.dumps(data, separators=(",", ":"), sort_keys=True)

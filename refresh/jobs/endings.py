@@ -13,6 +13,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, summaries
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
@@ -268,7 +269,11 @@ class _Lost(Exception):
 
 
 def _running_of(entity: Any) -> RunningJob | None:
-    data = tables.get_json(entity, "running")
+    """The dataset's running job; :class:`~refresh.core.records.CorruptRecord` when it cannot be read."""
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError as exc:  # not JSON
+        raise CorruptRecord("running", f"not JSON ({exc})") from None
     return RunningJob.from_dict(data) if data else None
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages
 from refresh.jobs.job_model import (
     PendingJob,
@@ -267,8 +268,49 @@ class DatasetStates:
 
 
 def pending_of(entity: Any | None) -> PendingJob | None:
-    data = tables.get_json(entity, "pending")
+    """The dataset's pending job; :class:`CorruptRecord` when the stored record cannot be read."""
+    try:
+        data = tables.get_json(entity, "pending")
+    except ValueError as exc:  # not JSON
+        raise CorruptRecord("pending", f"not JSON ({exc})") from None
     return PendingJob.from_dict(data) if data else None
+
+
+def readable_pending(entity: Any | None) -> PendingJob | None:
+    """For the views: the pending job, or None when there is none or it cannot be read (logged)."""
+    try:
+        return pending_of(entity)
+    except CorruptRecord as exc:
+        log.error("dataset %s: %s", tables.from_row_key(str((entity or {}).get("RowKey", "?"))), exc)
+        return None
+
+
+QUARANTINE_SUFFIX = "_quarantined"
+
+
+def quarantine(data: dict[str, Any], dataset: str) -> list[str]:
+    """Set aside, in ``data`` (a state entity about to be written), every job record (``pending``, ``running``)
+    that cannot be read: its stored text moves to ``<column>_quarantined`` (for a human to look at) and the
+    column is emptied, so the dataset can refresh again. Returns what was set aside, one line each."""
+    moved = []
+    for column, read in (("pending", pending_of), ("running", _strict_running)):
+        try:
+            read(data)
+        except CorruptRecord as exc:
+            data[column + QUARANTINE_SUFFIX] = tables.raw_json(data, column)[:30_000]
+            tables.put_json(data, column, None)
+            moved.append(str(exc))
+            log.error("dataset %s: %s; set aside as %s%s so the dataset can refresh again", dataset, exc, column,
+                      QUARANTINE_SUFFIX)
+    return moved
+
+
+def _strict_running(entity: Any | None) -> RunningJob | None:
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError as exc:
+        raise CorruptRecord("running", f"not JSON ({exc})") from None
+    return RunningJob.from_dict(data) if data else None
 
 
 def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict[str, Any] | None, Recorded]:
@@ -281,8 +323,12 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
             return None, Recorded(job_id=None, created=False)
         covered[change.table] = versions[-1]
 
-    job = pending_of(entity)
-    if job is None and change.table is None:
+    set_aside = False
+    try:
+        job = pending_of(entity)
+    except CorruptRecord:  # set aside below, in this same write; the change makes a new job, nothing is lost
+        job, set_aside = None, True
+    if job is None and change.table is None and not set_aside:
         running = _joinable_running(entity, change, now)
         if running is not None:
             return _join_running(entity, running, change)
@@ -324,6 +370,8 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     job.due_at = iso(new_due)
 
     data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+    if set_aside:
+        quarantine(data, dataset)
     tables.put_json(data, "pending", job.to_dict())
     tables.put_json(data, "covered", covered)
     if change.table is not None and change.commit_times:

@@ -40,12 +40,13 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, timing
 from refresh.jobs.checks import CHECK_GRACE, THROTTLE_DELAY, Checks
 from refresh.jobs.endings import _describe, _Lost, _recent, _running_of
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status
-from refresh.jobs.pending import DatasetStates, pending_of
+from refresh.jobs.pending import QUARANTINE_SUFFIX, DatasetStates, pending_of, quarantine
 from refresh.jobs.recovery import find_own_refresh, remember
 from refresh.jobs.running import Posted, PostLog, RunningJob, new_claim, row_fields
 from refresh.powerbi import errors as pbi_errors
@@ -109,6 +110,10 @@ class Worker(Checks):
             log.info("%s message of job %s (dataset %s): the state changed meanwhile; dropped",
                      msg.type, msg.job_id, msg.dataset)
             return "stale"
+        except CorruptRecord as exc:
+            if not self._set_aside(msg, exc):
+                raise
+            return "set-aside"
         except Exception as exc:
             if dequeue_count >= max_dequeue_count:
                 self.give_up(msg, f"gave up after {dequeue_count} deliveries: {type(exc).__name__}: {exc}")
@@ -119,6 +124,15 @@ class Worker(Checks):
         the lease is ended with the truth Power BI reports about its refresh (and one whose refresh still runs
         is followed again: see ``Checks._end_unfollowed``); a job that started nothing is recorded Failed
         (``GaveUp``) and the dataset is freed."""
+        try:
+            self._give_up(msg, reason)
+        except CorruptRecord as exc:
+            if not self._set_aside(msg, exc, handle_again=False):
+                raise
+            self._finish_row(msg.dataset, msg.job_id, Status.FAILED, self.clock.now(), error_code="GaveUp",
+                             error_message=f"{reason}; {exc}")  # when the record was not its own
+
+    def _give_up(self, msg: messages.JobMessage, reason: str) -> None:
         now = self.clock.now()
         row = self.outcomes.get(msg.job_id)
         if row is not None and row.get("status") in END_STATES:
@@ -148,6 +162,33 @@ class Worker(Checks):
 
         self.states.update(msg.dataset, release)
 
+    def _set_aside(self, msg: messages.JobMessage, exc: CorruptRecord, *, handle_again: bool = True) -> bool:
+        """A job record of the dataset cannot be read: set it aside (refresh/jobs/pending.py ``quarantine``), end
+        the message's job if the record was its own (Failed, ``CorruptState``: whether a refresh ran is unknown)
+        and handle the message again against the repaired state. False when nothing could be set aside."""
+        now = self.clock.now()
+        moved: list[str] = []
+        raw: list[str] = []
+
+        def move(data: dict[str, Any]) -> bool:
+            raw[:] = [tables.raw_json(data, "running") + tables.raw_json(data, "pending")]
+            moved[:] = quarantine(data, msg.dataset)
+            return bool(moved)
+
+        self.states.update(msg.dataset, move)
+        if not moved:
+            return False
+        row = self.outcomes.get(msg.job_id)
+        if row is not None and row.get("status") not in END_STATES and raw and msg.job_id in raw[0]:
+            self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="CorruptState",
+                             error_message=f"{'; '.join(moved)}; the record was set aside (state entity column "
+                                           f"*{QUARANTINE_SUFFIX}) so the dataset can refresh again; whether a "
+                                           "refresh of this job ran is unknown: see the dataset's refresh history "
+                                           "in Power BI")
+        if handle_again:
+            messages.send(self.queue, msg, 0)
+        return True
+
     # job: start a refresh -----------------------------------------------------------------------
     def _on_job(self, msg: messages.JobMessage) -> str:
         entity = self.states.get(msg.dataset)
@@ -156,6 +197,13 @@ class Worker(Checks):
             return self._resume(msg, running)
         job = pending_of(entity)
         if job is None or job.job_id != msg.job_id:
+            set_aside = str((entity or {}).get("pending" + QUARANTINE_SUFFIX) or "")
+            if msg.job_id in set_aside:  # detection set its unreadable record aside: say what became of it
+                self._finish_row(msg.dataset, msg.job_id, Status.FAILED, self.clock.now(), error_code="CorruptState",
+                                 error_message=f"the job's stored record could not be read and was set aside (state "
+                                               f"entity column pending{QUARANTINE_SUFFIX}); the changes it held went "
+                                               "into a new job; this job never ran")
+                return "set-aside"
             log.info("job %s of dataset %s: stale message (job no longer pending); dropped",
                      msg.job_id, msg.dataset)
             return "stale"

@@ -43,7 +43,7 @@ from refresh.core.validation import (
 )
 from refresh.jobs import summaries
 from refresh.jobs.outcomes import Status
-from refresh.jobs.pending import PK_DATASET, Change, pending_of
+from refresh.jobs.pending import PK_DATASET, Change, readable_pending
 from refresh.jobs.worker import SHARED_DAILY_LIMIT
 from refresh.monitoring.freshness import FreshnessRecord, freshness_of
 from refresh.surfaces.http_input import (  # noqa: F401  (MAX_BODY_BYTES, adhoc_key: part of this module's interface)
@@ -341,7 +341,7 @@ def dataset_summary(ds: Any, state: Any | None, summary: summaries.DatasetSummar
     """One dataset's summary (see :func:`collect_datasets`)."""
     from refresh.jobs.schedules import next_due
 
-    pending = pending_of(state)
+    pending = readable_pending(state)
     running = tables.get_json(state, "running")
     day_ago = now - timedelta(hours=24)
     starts = [s for s in tables.get_json(state, "starts", []) or [] if parse_iso(s) > day_ago]
