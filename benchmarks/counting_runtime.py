@@ -1,7 +1,7 @@
 """``python benchmarks/counting_runtime.py local ...``: ``python -m refresh local`` whose function app counts
-its storage requests (a ``raw_request_hook`` on every client the App builds; the runtime's own lake
-watcher and queue pollers use other clients and are not counted). The counts (by service port and
-method) are written as JSON to ``$COUNT_FILE`` every 0.2 s.
+its storage requests (a ``raw_request_hook`` on every client the App builds: ``<port> <method>``) and,
+apart, the local runtime's own (lake watcher, blob trigger bindings, queue pollers: ``runtime <port>
+<method>``, listings marked ``list``). The counts are written as JSON to ``$COUNT_FILE`` every 0.2 s.
 """
 
 from __future__ import annotations
@@ -20,12 +20,24 @@ COUNTS: dict[str, int] = {}
 LOCK = threading.Lock()
 
 
-def hook(request) -> None:
+def _count(request, prefix: str) -> None:
     http = request.http_request
     port = http.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[-1]
-    key = f"{port} {http.method}"
+    key = f"{prefix}{port} {http.method}"
+    if prefix and "comp=list" in http.url:
+        key += " list"
     with LOCK:
         COUNTS[key] = COUNTS.get(key, 0) + 1
+
+
+def hook(request) -> None:
+    """The function app's requests: ``<port> <method>``."""
+    _count(request, "")
+
+
+def runtime_hook(request) -> None:
+    """The local runtime's own requests (lake watcher, blob bindings, queue pollers): ``runtime <port> <method>``."""
+    _count(request, "runtime ")
 
 
 def dump(path: Path) -> None:
@@ -48,6 +60,9 @@ def main() -> int:
         original(self, *args, **kwargs)
 
     context.App.__init__ = counted
+    from refresh.dev.local import host
+
+    host.QUICK_RETRY["raw_request_hook"] = runtime_hook  # every client of the runtime gets these options
     threading.Thread(target=dump, args=(Path(os.environ["COUNT_FILE"]),), daemon=True).start()
     from refresh.__main__ import main as refresh_main
 

@@ -213,6 +213,49 @@ def test_a_table_that_committed_is_probed_each_poll_with_one_listing(azurite, in
                                                                      for v in (1, 2)]
 
 
+def test_a_burst_over_many_hot_tables_costs_a_bounded_number_of_listings_a_poll(azurite, invoker, stop, unique):
+    """20 tables committing at once: each poll probes at most 4 of them (the least recently probed first), so
+    the listing rate does not grow with the number of tables, and every table's new commit is found in turn."""
+    calls, requests = Calls(), Requests()
+    watcher = _watcher(azurite, calls, f"burst{unique}", invoker, stop, requests)
+    tables = [f"gold/t{i:02d}" for i in range(20)]
+    for table in tables:
+        watcher.container.upload_blob(f"{table}/_delta_log/{0:020d}.json", b"{}")
+    watcher.rescan(initial=True)
+    for table in tables:
+        watcher.container.upload_blob(f"{table}/_delta_log/{1:020d}.json", b"{}")
+    watcher.rescan()  # every table is hot now
+    for table in tables:
+        watcher.container.upload_blob(f"{table}/_delta_log/{2:020d}.json", b"{}")
+    listings, found = [], []
+    for _ in range(5):
+        before = requests.listings()
+        found.append(watcher.poll())
+        listings.append(requests.listings() - before)
+    assert listings == [4, 4, 4, 4, 4]
+    assert found == [4, 4, 4, 4, 4]
+    assert invoker.wait_idle(10)
+    assert sorted(c.blob_name for c in calls.calls["on_commit"]) == sorted(
+        f"{t}/_delta_log/{v:020d}.json" for t in tables for v in (1, 2))
+
+
+def test_a_container_scan_interleaves_the_tables_that_committed_together(azurite, invoker, stop, unique):
+    """Event Grid sends events about in the order the blobs were written: commits found by one scan go out
+    version by version across the tables (each table's in order), not one whole table after another."""
+    calls = Calls()
+    watcher = _watcher(azurite, calls, f"order{unique}", invoker, stop)
+    watcher.rescan(initial=True)
+    for v in range(3):
+        for table in ("a", "b", "c"):
+            watcher.container.upload_blob(f"{table}/_delta_log/{v:020d}.json", b"{}")
+    order: list[str] = []
+    deliver = watcher.deliver
+    watcher.deliver = lambda blob: order.append(blob.name) or deliver(blob)
+    watcher.rescan()
+    assert order == [f"{t}/_delta_log/{v:020d}.json" for v in range(3) for t in ("a", "b", "c")]
+    assert invoker.wait_idle(10)
+
+
 def test_a_deleted_and_rewritten_commit_is_delivered_again(azurite, invoker, stop, unique):
     calls = Calls()
     watcher = _watcher(azurite, calls, f"re{unique}", invoker, stop)
@@ -307,4 +350,41 @@ def test_the_queue_poller_waits_for_room_instead_of_looping(azurite, unique):
         wait_for(lambda: runner.in_flight == 0)
         stop.set()
         runner.wake()
+        invoker.shutdown(5)
+
+
+def test_a_wake_polls_no_sooner_than_the_wake_interval_after_the_previous_poll(azurite, unique):
+    """Default polling wakes the queue pollers after every invocation: a burst of invocations must not turn
+    into a poll per invocation. A wake waits out the rest of the interval since the previous poll."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+    @app.function_name("work")
+    @app.queue_trigger(arg_name="msg", queue_name=f"paced-{unique}", connection="AzureWebJobsStorage")
+    def work(msg: func.QueueMessage) -> None:
+        pass
+
+    [spec] = functions_from_app(app)
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            now[0] += timeout or 0.0
+            return False
+
+    now = [100.0]
+    invoker = Invoker(max_workers=2)
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    runner = QueueRunner(spec, dict(spec.trigger), service, QueueOptions(), invoker, Stop(), message_lock=30)
+    runner.monotonic = lambda: now[0]
+    try:
+        assert runner._poll(1) == 0  # the queue does not exist yet: polled as empty
+        now[0] += 0.03
+        runner._pace()  # woken 30 ms after that poll: waits the other 70 ms
+        assert len(waits) == 1 and abs(waits[0] - (runner.wake_interval - 0.03)) < 1e-9
+        runner._poll(1)
+        now[0] += runner.wake_interval + 0.01
+        runner._pace()  # long enough since: at once
+        assert len(waits) == 1
+    finally:
         invoker.shutdown(5)

@@ -22,6 +22,16 @@ while the app was away) is skipped over once, recorded on the watermark, and not
 
 Within one process, passes over the same table run one at a time; a hint for a version this process
 already handled costs nothing, and one it cannot know about costs one read (the watermark).
+
+Debounce and a backlog of events: a pass reads every commit the log holds, so in a burst it reads
+ahead of the events still on their way (queued behind thousands of others when detection cannot keep
+up). Those late events are the detection catching up, and the burst is not over for its datasets until
+they stop: an event for a version already handled keeps the pending job it went into (known to this
+process) from falling due, moving its due time to a debounce after the event once less than 3/4 of
+the debounce is left (:meth:`DatasetStates.postpone`: one read and one write, about once per quarter
+debounce per dataset while the backlog lasts; never beyond the max delay, never for a job an explicit
+request joined). Without this, a dataset whose tables' next events waited longer than the debounce
+got a refresh mid-backlog and another one after it.
 """
 
 from __future__ import annotations
@@ -32,10 +42,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core import storage as tables
-from refresh.core.clock import Clock, iso
+from refresh.core.clock import Clock, iso, parse_iso
 from refresh.core.routing import RoutingConfig
 from refresh.detection import first_sight
 from refresh.detection.deltalog import (
@@ -56,7 +67,19 @@ Routes = list[tuple[str, frozenset[str] | None]]
 log = logging.getLogger(__name__)
 
 LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
+PASSES_AT_ONCE = 4        # passes over different tables that keep their whole read window at once (host.json
+                          # blobs.maxDegreeOfParallelism); more share the read threads
+POSTPONE_AT = 0.75        # a late event postpones a job once less than this share of its debounce is left
 _POOL_LOCK = threading.Lock()
+
+
+@dataclass
+class _KnownDue:
+    """The pending job of a dataset this process put changes into, and its due time as last stored."""
+
+    job_id: str
+    due: datetime
+    capped: bool = False   # at its max delay: late events cannot move it
 
 
 @dataclass
@@ -90,6 +113,8 @@ class Detector:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._handled: dict[str, int] = {}   # table -> newest version this process moved its watermark to
+        self._dues: dict[str, _KnownDue] = {}  # dataset -> the pending job this process last put changes into
+        self._dues_lock = threading.Lock()
         self.watching = first_sight.Watching(watermarks.table, clock)  # when the app started watching
 
     def process(self, table: str, hint_version: int | None = None, *,
@@ -115,11 +140,41 @@ class Detector:
                 # a watermark only moves forward: what this process moved it to is covered for good
                 result.skipped = f"version {hint_version} already handled"
                 result.watermark = handled
-                return result
-            result = self._process(table, hint_version, known, routes, result)
-            if result.watermark is not None and not result.error and (result.commits or result.first_seen):
-                self._handled[table] = max(result.watermark, self._handled.get(table, -1))
-            return result
+            else:
+                result = self._process(table, hint_version, known, routes, result)
+                if result.watermark is not None and not result.error and (result.commits or result.first_seen):
+                    self._handled[table] = max(result.watermark, self._handled.get(table, -1))
+        if (hint_version is not None and not result.commits and not result.error and result.watermark is not None
+                and hint_version <= result.watermark):
+            self._late_event(table, routes)
+        return result
+
+    def _late_event(self, table: str, routes: Routes) -> None:
+        """An event for a commit already read: keep the jobs it went into from falling due (module docstring)."""
+        now = self.clock.now()
+        for key, _ in routes:
+            ds = self.config.datasets[key]
+            if ds.debounce_seconds <= 0:
+                continue
+            target = now + timedelta(seconds=ds.debounce_seconds)
+            with self._dues_lock:
+                known = self._dues.get(key)
+                if known is None or known.capped or \
+                        (known.due - now).total_seconds() >= ds.debounce_seconds * POSTPONE_AT:
+                    continue
+                was = known.due
+                known.due = target  # other threads' late events for this dataset need not postpone it too
+            stored = self.states.postpone(key, known.job_id, target, ds.max_delay_seconds)
+            with self._dues_lock:
+                if stored is None:
+                    if self._dues.get(key) is known:
+                        del self._dues[key]  # that job started (or was replaced): nothing to keep back
+                    continue
+                known.capped = parse_iso(stored) < target
+                known.due = parse_iso(stored) if known.capped else max(known.due, parse_iso(stored))
+            if parse_iso(stored) > was:
+                log.info("job %s for dataset %s: due %s (events of %s still arriving: detection catching up)",
+                         known.job_id, key, stored, table)
 
     def _lock_for(self, table: str) -> threading.Lock:
         with self._locks_lock:
@@ -235,7 +290,9 @@ class Detector:
         One read of ``start`` first (when it is absent, the usual case for a sweep, that is the only
         request). When it exists, the rest of the run is found by listing the log in blocks of
         :data:`LIST_BLOCK` versions (a listing costs what the final absent read used to) and read
-        concurrently, at most ``read_concurrency`` at a time, while classification stays in order.
+        concurrently, at most ``read_concurrency`` at a time, while classification stays in order (the read
+        threads are shared by the passes over different tables: :data:`PASSES_AT_ONCE` of them each keep
+        their whole window).
         Returns (commits, the malformed commit that stopped the run, whether ``start`` was absent).
         """
         batch: list[CommitInfo] = []
@@ -301,7 +358,7 @@ class Detector:
     def _pool(self) -> ThreadPoolExecutor:
         with _POOL_LOCK:
             if self._reads is None:
-                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency),
+                self._reads = ThreadPoolExecutor(max_workers=max(1, self.read_concurrency) * PASSES_AT_ONCE,
                                                  thread_name_prefix="commit-read")
             return self._reads
 
@@ -341,6 +398,9 @@ class Detector:
             ))
             if recorded.job_id is not None:
                 result.jobs[key] = recorded.job_id
+                if recorded.due_at is not None:
+                    with self._dues_lock:
+                        self._dues[key] = _KnownDue(recorded.job_id, parse_iso(recorded.due_at))
                 if recorded.created:
                     result.created.append(key)
                 log.info("job %s for dataset %s: %s versions %s..%s of %s (due %s)",

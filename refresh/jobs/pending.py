@@ -24,7 +24,10 @@ write of a job, its copy in ``running`` or its outcome row can exceed Table Stor
 The queue message is sent once, when a job is created, delayed until the job is due
 (``debounce_seconds`` after the latest change, but never later than ``max_delay_seconds`` after the
 first). Later changes only update the entity; the worker re-checks ``due_at`` and re-queues the
-remainder of the wait (refresh/jobs/worker.py).
+remainder of the wait (refresh/jobs/worker.py). While the events of a burst are still arriving for
+commits a pass already read ahead of them (detection working through a backlog of events), the
+detector keeps a commit-only job from falling due with :meth:`DatasetStates.postpone`
+(refresh/detection/detector.py).
 """
 
 from __future__ import annotations
@@ -256,6 +259,29 @@ class DatasetStates:
             self._send(dataset, job.job_id, job.due_at)
             repaired += 1
         return repaired
+
+    def postpone(self, dataset: str, job_id: str, due: datetime, max_delay_seconds: int) -> str | None:
+        """Move the due time of the pending job ``job_id`` out to ``due`` (never beyond ``max_delay_seconds``
+        after it was created, never earlier than it is), ETag-guarded. Only a job made of commit changes
+        alone: an explicit request is never delayed. Returns the job's due time as stored, or None when
+        that job is no longer pending (it started, or another job replaced it) or is not commit-only."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            entity = self.get(dataset)
+            job = pending_of(entity)
+            if entity is None or job is None or job.job_id != job_id or job.triggers != ["commit"]:
+                return None
+            target = min(due, parse_iso(job.created_at) + timedelta(seconds=max_delay_seconds))
+            if target <= parse_iso(job.due_at):
+                return job.due_at
+            job.due_at = iso(target)
+            data = dict(entity)
+            tables.put_json(data, "pending", job.to_dict())
+            try:
+                tables.write(self.table, data, entity.metadata["etag"])
+                return job.due_at
+            except tables.Conflict:
+                continue
+        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
 
     def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
         """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts

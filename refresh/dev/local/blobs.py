@@ -28,9 +28,12 @@ while it exists (a commit that is deleted and written again is delivered again).
 Cost, independent of the number of tables: every ``rescan_seconds`` (0.25 s, the poll interval;
 on a large container at least 8x the last scan's duration) one names-only listing of the whole
 container (one request per 5,000 blobs) finds new tables and new commits. Tables that committed in
-the last minute are *hot*: each poll (every 250 ms) also lists just the 10-version "decade" of their
-``_delta_log/`` that holds the next version, so a burst is followed closely even when the container
-scan is stretched. An idle lake costs one listing per scan and nothing else.
+the last minute are *hot*: each poll (every 250 ms) also lists, for at most ``hot_probes`` (4) of them,
+the least recently probed first, the 10-version "decade" of their ``_delta_log/`` that holds the next
+version (and the next decades while they are full), so a burst is followed closely even when the
+container scan is stretched, and a burst over many tables costs at most 4 probes a poll (with 50 hot
+tables each is probed about every 3 s, as Event Grid's delivery lag may be; every new commit is found
+by its first probe). An idle lake costs one listing per scan and nothing else.
 
 Failures: a blob trigger is retried after ``visibilityTimeout`` up to ``maxDequeueCount`` times,
 then a message goes to ``webjobs-blobtrigger-poison`` (as the host does); an Event Grid delivery
@@ -63,6 +66,7 @@ LOG_DIR = "_delta_log/"
 EVENT_GRID_RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 600.0)
 SLOW_LISTING_SECONDS = 2.0
 HOT_SECONDS = 60.0
+HOT_PROBES = 4  # hot tables probed per poll at most (least recently probed first)
 SCAN_DUTY = 8  # the next scan waits at least 8x the last one's duration (large containers)
 CREATED = "Microsoft.Storage.BlobCreated"
 RENAMED = "Microsoft.Storage.BlobRenamed"
@@ -162,7 +166,8 @@ class _Table:
     root: str
     frontier: int = -1                               # highest commit version seen
     seen: set[str] = field(default_factory=set)      # commit blob names seen (all of the log)
-    hot_until: float = 0.0                           # probed every poll until then (monotonic)
+    hot_until: float = 0.0                           # probed in turn until then (monotonic)
+    probed: int = 0                                  # the poll that last probed it (0: never)
 
 
 class LakeWatcher:
@@ -172,7 +177,8 @@ class LakeWatcher:
                  event_targets: list[EventTarget], invoker: Invoker, scheduler: Scheduler, stop: threading.Event,
                  *, poll_seconds: float = 0.25, rescan_seconds: float = 0.25, replay_existing: bool = False,
                  queues: QueueOptions | None = None, blob_parallelism: int = 8,
-                 poison: Callable[[dict[str, Any]], None] | None = None, hot_seconds: float = HOT_SECONDS) -> None:
+                 poison: Callable[[dict[str, Any]], None] | None = None, hot_seconds: float = HOT_SECONDS,
+                 hot_probes: int = HOT_PROBES) -> None:
         self.container = container
         self.container_name = container_name
         self.blob_targets = blob_targets
@@ -183,6 +189,8 @@ class LakeWatcher:
         self.poll_seconds = poll_seconds
         self.rescan_seconds = rescan_seconds
         self.hot_seconds = hot_seconds
+        self.hot_probes = max(1, hot_probes)
+        self.polls = 0
         self.replay_existing = replay_existing
         self.queues = queues or QueueOptions()
         self.poison = poison
@@ -250,6 +258,7 @@ class LakeWatcher:
         self._slow("the container", started)
         deliver = self.replay_existing or not initial
         found = []
+        fresh_by_table: list[list[str]] = []
         for root in sorted(by_root):
             table = self.tables.get(root)
             if table is None:
@@ -266,27 +275,43 @@ class LakeWatcher:
             self._advance(table, fresh)
             if fresh and deliver:
                 table.hot_until = time.monotonic() + self.hot_seconds
-                for name in fresh:
-                    self.deliver(NewBlob(name, noticed=noticed))
+                fresh_by_table.append(fresh)
         for root in [r for r in self.tables if r not in by_root]:
             del self.tables[root]  # the table is gone
+        # Event Grid sends events roughly in the order the blobs were written; a names-only listing does not
+        # say when, so tables that committed together are interleaved (each one's commits in version order)
+        # rather than delivered a whole table after another
+        for name in _interleaved(fresh_by_table):
+            self.deliver(NewBlob(name, noticed=noticed))
         return found
 
     # polling ------------------------------------------------------------------------------------
     def poll(self) -> int:
-        """Probe the hot tables (those that committed lately) once; returns how many new blobs were delivered."""
+        """Probe up to ``hot_probes`` hot tables (those that committed lately), the least recently probed
+        first; returns how many new blobs were delivered."""
         now = time.monotonic()
-        tables = [t for t in list(self.tables.values()) if t.hot_until > now]
+        self.polls += 1
+        hot = sorted((t for t in list(self.tables.values()) if t.hot_until > now), key=lambda t: t.probed)
+        tables = hot[:self.hot_probes]
+        for table in tables:
+            table.probed = self.polls
         if len(tables) > 2:
             if self._probe_pool is None:
-                self._probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lake-probe")
-            return sum(self._probe_pool.map(self._probe, tables))
-        return sum(self._probe(t) for t in tables)
+                self._probe_pool = ThreadPoolExecutor(max_workers=self.hot_probes, thread_name_prefix="lake-probe")
+            found = list(self._probe_pool.map(self._probe, tables))
+        else:
+            found = [self._probe(t) for t in tables]
+        noticed = time.time()
+        fresh = _interleaved(found)  # as in rescan: about the order they were written in
+        for name in fresh:
+            self.deliver(NewBlob(name, noticed=noticed))
+        return len(fresh)
 
-    def _probe(self, table: _Table) -> int:
+    def _probe(self, table: _Table) -> list[str]:
+        """The new commit blobs of ``table``, in version order (delivered by :meth:`poll`)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        delivered = 0
+        delivered: list[str] = []
         while True:
             nxt = table.frontier + 1
             decade = f"{nxt:020d}"[:19]
@@ -297,14 +322,11 @@ class LakeWatcher:
                 names = list(self.container.list_blob_names(name_starts_with=prefix))
             except ResourceNotFoundError:
                 return delivered
-            noticed = time.time()
             self._slow(prefix, started)
             fresh = sorted(n for n in names if wanted(n) and n not in table.seen)
             table.seen.update(fresh)
             self._advance(table, fresh)
-            for name in fresh:
-                self.deliver(NewBlob(name, noticed=noticed))
-            delivered += len(fresh)
+            delivered.extend(fresh)
             if table.frontier >= nxt and table.frontier % 10 == 9 and table.frontier != before:
                 continue  # that decade is full: the next commit is in the next one
             break
@@ -478,6 +500,14 @@ class LakeWatcher:
         blob = NewBlob(name, str(props.etag), int(props.size or 0), time.time())
         self._submit(lambda: self._run_blob(target, blob, 1), "blob")
         return True
+
+
+def _interleaved(lists: list[list[str]]) -> list[str]:
+    """The first item of each list, then the second of each, and so on."""
+    out: list[str] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
 
 
 def _version_of(name: str, root: str) -> int:

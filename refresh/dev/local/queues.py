@@ -7,9 +7,10 @@
   ``maxPollingInterval``. While more than ``newBatchThreshold`` messages are in flight the poller
   makes no request and uses no CPU: it waits on a condition until a message completes (waking only
   to renew locks). Its messages run on the queue's own pool of ``batchSize + newBatchThreshold``
-  threads, so no other trigger's backlog delays them. By default the runtime also polls at once
-  after any function ran in this process (it may have queued work; the host does that only for its output bindings);
-  ``--strict-polling`` turns that off.
+  threads, so no other trigger's backlog delays them. By default the runtime also polls soon after
+  any function ran in this process (it may have queued work; the host does that only for its output
+  bindings): at once, but no sooner than :data:`WAKE_INTERVAL` (0.1 s) after the previous poll, so a
+  burst of thousands of invocations costs at most 10 polls a second; ``--strict-polling`` turns that off.
 * **Peek-lock**: a message is received invisible for the *message lock* (the host: 10 minutes;
   here ``--message-lock``, default 60 s) and the lock is renewed while the function runs, so a
   runtime that is killed leaves its messages to reappear once the lock runs out.
@@ -44,6 +45,8 @@ from refresh.dev.local.settings import QueueOptions
 
 log = logging.getLogger(__name__)
 
+WAKE_INTERVAL = 0.1  # a poll asked for by wake() starts no sooner than this after the previous poll
+
 
 @dataclass
 class _InFlight:
@@ -77,6 +80,9 @@ class QueueRunner:
         self._woken = False
         self.limit = options.batch_size + options.new_batch_threshold
         self.polls = 0
+        self.wake_interval = WAKE_INTERVAL
+        self.monotonic = time.monotonic
+        self._last_poll = float("-inf")
         invoker.set_pool_size(pool_of(spec), self.limit)
         self._thread = threading.Thread(target=self._loop, name=f"queue-{self.queue_name}", daemon=True)
         self._last_error = ""
@@ -119,6 +125,7 @@ class QueueRunner:
             delay = min(self.options.max_polling_interval, delay * 2)
             if self._wait_woken(min(wait, self.lock_seconds / 3)):
                 delay = self.options.min_polling_interval
+                self._pace()
         log.debug("queue %s: poller stopped", self.queue_name)
 
     def _wait_for_room(self) -> int:
@@ -138,11 +145,19 @@ class QueueRunner:
         with self._changed:
             return self._changed.wait_for(lambda: self._woken or self.stop_event.is_set(), timeout)
 
+    def _pace(self) -> None:
+        """Before a poll asked for by :meth:`wake`: wait until :attr:`wake_interval` has passed since the previous
+        poll (the wakes that come meanwhile are served by that one poll)."""
+        left = self._last_poll + self.wake_interval - self.monotonic()
+        if left > 0:
+            self.stop_event.wait(left)
+
     def _poll(self, count: int) -> int:
         from azure.core.exceptions import ResourceNotFoundError
 
         noticed = time.time()
         self.polls += 1
+        self._last_poll = self.monotonic()
         try:
             pages = self.client.receive_messages(messages_per_page=count, visibility_timeout=self.lock_seconds)
             messages = list(next(pages.by_page(), []))
