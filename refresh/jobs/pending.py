@@ -265,23 +265,23 @@ class DatasetStates:
         after it was created, never earlier than it is), ETag-guarded. Only a job made of commit changes
         alone: an explicit request is never delayed. Returns the job's due time as stored, or None when
         that job is no longer pending (it started, or another job replaced it) or is not commit-only."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(dataset)
-            job = pending_of(entity)
-            if entity is None or job is None or job.job_id != job_id or job.triggers != ["commit"]:
-                return None
+        stored: list[str | None] = [None]
+
+        def move(data: dict[str, Any]) -> bool:
+            job = readable_pending(data)
+            if job is None or job.job_id != job_id or job.triggers != ["commit"]:
+                stored[0] = None
+                return False
             target = min(due, parse_iso(job.created_at) + timedelta(seconds=max_delay_seconds))
             if target <= parse_iso(job.due_at):
-                return job.due_at
-            job.due_at = iso(target)
-            data = dict(entity)
+                stored[0] = job.due_at
+                return False
+            job.due_at = stored[0] = iso(target)
             tables.put_json(data, "pending", job.to_dict())
-            try:
-                tables.write(self.table, data, entity.metadata["etag"])
-                return job.due_at
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+            return True
+
+        self.update(dataset, move)
+        return stored[0]
 
     def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
         """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts
