@@ -34,6 +34,7 @@ import logging
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,8 @@ class Worker(Checks):
         self.clock = clock
         self.max_retry_after = max_retry_after
         self.rng = rng or random.Random()
+        # the detector's catch_up (wired by refresh/core/context.py): a debounced job's tables, once more
+        self.catch_up: Callable[[list[str]], int] | None = None
         self._delivery = threading.local()  # the message being handled on this thread: its dequeue count
 
     # entry points -------------------------------------------------------------------------------
@@ -162,6 +165,28 @@ class Worker(Checks):
 
         self.states.update(msg.dataset, release)
 
+    def _lake_moved_on(self, dataset_key: str, job: PendingJob) -> bool:
+        """A debounced job made of commits only, falling due: did its tables (those in the job, then the
+        dataset's other explicitly named ones; a glob's other tables are left to their events and the sweep)
+        commit again meanwhile (events late, detection behind)? Those commits go into this job first
+        (``catch_up``, the detector's pass), which moves its due time a debounce on, never past its max delay:
+        one refresh for a burst, not one mid-burst and another after it. Never holds a refresh back when the
+        lake cannot be read."""
+        ds = self.config.datasets.get(dataset_key)
+        if self.catch_up is None or ds is None or ds.debounce_seconds <= 0 or job.triggers != ["commit"]:
+            return False
+        tables = [*sorted(job.sources), *(s.table for s in ds.sources if not s.is_glob and s.table not in job.sources)]
+        try:
+            found = self.catch_up(tables)
+        except Exception as exc:  # the check is a courtesy: the refresh goes ahead
+            log.warning("job %s of dataset %s: its tables could not be checked for newer commits (%s: %s)",
+                        job.job_id, dataset_key, type(exc).__name__, str(exc).split("\n")[0][:200])
+            return False
+        if found:
+            log.info("job %s of dataset %s: %s newer commit(s) of its tables found as it fell due; they join it",
+                     job.job_id, dataset_key, found)
+        return found > 0
+
     def _set_aside(self, msg: messages.JobMessage, exc: CorruptRecord, *, handle_again: bool = True) -> bool:
         """A job record of the dataset cannot be read: set it aside (refresh/jobs/pending.py ``quarantine``), end
         the message's job if the record was its own (Failed, ``CorruptState``: whether a refresh ran is unknown)
@@ -209,6 +234,11 @@ class Worker(Checks):
             return "stale"
         now = self.clock.now()
         due = parse_iso(job.due_at)
+        if due <= now and self._lake_moved_on(msg.dataset, job):
+            job = pending_of(self.states.get(msg.dataset))
+            if job is None or job.job_id != msg.job_id:
+                return "stale"
+            due = parse_iso(job.due_at)
         if due > now:
             self._requeue("job", msg.dataset, job.job_id, (due - now).total_seconds(), attempt=msg.attempt)
             return "debounce"
