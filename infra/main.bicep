@@ -133,7 +133,7 @@ param developerPrincipalId string = ''
 // Parameters: alerts
 // ---------------------------------------------------------------------------------------------
 
-@description('E-mail address for the alert rules (refresh failed, freshness SLO breached) through an action group. Empty: no action group and no alert rules.')
+@description('E-mail address for the alert rules (refresh failed, freshness SLO breached, app silent) through an action group. Empty: no action group and no alert rules.')
 param alertEmail string = ''
 
 // ---------------------------------------------------------------------------------------------

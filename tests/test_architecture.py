@@ -127,3 +127,31 @@ def test_readme_architecture_table_names_every_module():
         if absent:
             missing[name] = absent
     assert missing == {}, f"modules the README's architecture table does not name: {missing}"
+
+
+def _crossing(graph: dict[str, set[str]], source: str, allowed: tuple[str, ...], exempt: tuple[str, ...] = ()) -> (
+        list[tuple[str, str]]):
+    """Imports from modules under ``source`` to modules of the package outside ``allowed`` (prefixes)."""
+    return sorted((a, b) for a, deps in graph.items() for b in deps
+                  if a.startswith(source) and a not in exempt and not b.startswith(allowed))
+
+
+def test_layers_follow_the_flow():
+    """The core depends on nothing above it (only ``context``, the composition root, wires the stages
+    together); the Power BI client only on the core; no stage on the surfaces; nothing deployed on the
+    dev-only code (``python -m refresh local`` reaches it through ``__main__``, the one named exception)."""
+    graph = _graph()
+    assert _crossing(graph, "refresh.core", ("refresh.core",), exempt=("refresh.core.context",)) == []
+    assert _crossing(graph, "refresh.powerbi", ("refresh.core", "refresh.powerbi")) == []
+    for stage in ("refresh.core", "refresh.detection", "refresh.jobs", "refresh.monitoring", "refresh.powerbi"):
+        assert [(a, b) for a, b in _crossing(graph, stage, ("refresh.core",)) if b.startswith("refresh.surfaces")] \
+            == [], stage
+    deployed = {a: deps for a, deps in graph.items() if not a.startswith("refresh.dev")}
+    assert [(a, b) for a, deps in deployed.items() for b in deps if b.startswith("refresh.dev")] == \
+        [("refresh.__main__", "refresh.dev.local.cli")]
+
+
+def test_layer_check_sees_a_crossing():
+    graph = {"refresh.core.a": {"refresh.jobs.b"}, "refresh.core.context": {"refresh.jobs.b"}, "refresh.jobs.b": set()}
+    assert _crossing(graph, "refresh.core", ("refresh.core",), exempt=("refresh.core.context",)) == \
+        [("refresh.core.a", "refresh.jobs.b")]

@@ -1872,10 +1872,11 @@ def test_deployed_modules_import_only_the_runtime_lock_and_each_other():
 
 
 # ================================================================================================
-# Alert rules (issue 12 item 9): an e-mail action group and two log search alert rules on the
-# metrics the app exports, only when alertEmail is set. Their KQL is run here, by a small evaluator
+# Alert rules (issue 12 item 9): an e-mail action group and three log search alert rules, only when
+# alertEmail is set: two on the metrics the app exports, one on the requests rows the Functions host
+# writes for the every-minute timer (the app went silent). Their KQL is run here, by a small evaluator
 # of the KQL subset they use, on customMetrics rows made by the Azure Monitor exporter's own
-# conversion of the app's metrics.
+# conversion of the app's metrics, and on requests rows shaped as the host writes them.
 # ================================================================================================
 
 ALERTS_BICEP = INFRA / "app" / "alerts.bicep"
@@ -1906,11 +1907,11 @@ class _Dims(dict):
         return ""
 
 
-_KQL_NAMES = {"tostring": lambda v: "" if v is None else str(v), "round": round}
+_KQL_NAMES = {"tostring": lambda v: "" if v is None else str(v), "round": round, "true": True, "false": False}
 
 
 def _kql_value(expr: str, row: dict[str, Any]) -> Any:
-    """One KQL scalar expression of the subset (==, in (...), and, tostring, round, [..], arithmetic):
+    """One KQL scalar expression of the subset (==, in (...), and, true/false, tostring, round, [..], arithmetic):
     written the same way in Python, so it is evaluated as Python on the row's columns."""
     assert re.fullmatch(r'[\w\s."\[\]()=,/*+\-<>!]*', expr), f"unsupported KQL expression: {expr}"
     return eval(expr, {"__builtins__": {}}, {**_KQL_NAMES, **row})  # noqa: S307 (the template's own text)
@@ -1964,15 +1965,19 @@ def run_kql(query: str, tables: dict[str, list[dict[str, Any]]]) -> list[dict[st
 
 def _fired(criterion: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple, float]:
     """What a log search alert condition does with the query's rows: aggregate per dimension
-    combination (timeAggregation of metricMeasureColumn), compare with the threshold."""
+    combination (timeAggregation of metricMeasureColumn), compare with the threshold. Without
+    dimensions there is one series, also when the query returns no rows ("Count of the results table
+    rows ... triggers when log records happen or doesn't happen in the evaluated time window", Azure
+    Monitor log alerts); with dimensions, a combination without rows has no series and cannot fire."""
     dims = [d["name"] for d in criterion.get("dimensions", [])]
     assert all(d["operator"] == "Include" and d["values"] == ["*"] for d in criterion.get("dimensions", []))
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {} if dims else {(): []}
     for r in rows:
         groups.setdefault(tuple(r[d] for d in dims), []).append(r)
     column = criterion.get("metricMeasureColumn")
     aggregate = {"Count": lambda g: len(g), "Total": lambda g: sum(r[column] for r in g)}[criterion["timeAggregation"]]
-    compare = {"GreaterThan": lambda a, b: a > b, "GreaterThanOrEqual": lambda a, b: a >= b}[criterion["operator"]]
+    compare = {"GreaterThan": lambda a, b: a > b, "GreaterThanOrEqual": lambda a, b: a >= b,
+               "LessThan": lambda a, b: a < b}[criterion["operator"]]
     values = {key: aggregate(g) for key, g in groups.items()}
     return {key: v for key, v in values.items() if compare(v, criterion["threshold"])}
 
@@ -2021,7 +2026,7 @@ def test_alerts_exist_only_with_an_alert_email():
     assert source_of(entry(params, "alertEmail")) == "alertEmail"
     # Every resource of alerts.bicep is deployed by that module, so none exists without the e-mail.
     deployed = {name for _, name, _ in _deployed_resources(ALERTS_BICEP)}
-    assert deployed == {"actionGroup", "refreshFailed", "freshnessBreached"}
+    assert deployed == {"actionGroup", "refreshFailed", "freshnessBreached", "appSilent"}
     parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     assert parameters["alertEmail"]["value"] == "${ALERT_EMAIL=}"
     readme = DOCS.read_text(encoding="utf-8")
@@ -2045,7 +2050,7 @@ def test_action_group_sends_one_email_from_the_parameter():
 
 def test_alert_rules_are_log_alerts_on_the_component_with_the_action_group_and_no_identity():
     rules = _rules()
-    assert set(rules) == {"refreshFailed", "freshnessBreached"}
+    assert set(rules) == {"refreshFailed", "freshnessBreached", "appSilent"}
     bf = bicep(ALERTS_BICEP)
     component = bf.resources()["applicationInsights"]
     assert component.existing and component.type.startswith("Microsoft.Insights/components@")
@@ -2065,6 +2070,10 @@ def test_alert_rules_are_log_alerts_on_the_component_with_the_action_group_and_n
     assert failed["windowSize"] == failed["evaluationFrequency"] and failed["autoMitigate"] is False
     # A breach is a state: it resolves itself when the dataset is fresh again.
     assert rules["freshnessBreached"]["autoMitigate"] is True
+    # So is silence: it resolves with the first successful heartbeat; and it is as grave as a failure.
+    silent = rules["appSilent"]
+    assert silent["autoMitigate"] is True and silent["severity"] == 1
+    assert _duration(silent["evaluationFrequency"]) <= _duration(silent["windowSize"])  # no gap between windows
     assert not [r for r in bf.resources().values() if r.type.startswith("Microsoft.Authorization/")]
 
 
@@ -2123,10 +2132,109 @@ def test_alert_rules_fire_on_failures_and_breaches_from_the_apps_own_metrics():
     assert _fired(failed, run_kql(failed["query"], {"customMetrics": later})) == {}
 
 
+def _duration(iso: str) -> timedelta:
+    m = re.fullmatch(r"PT(\d+)([MH])|P(\d+)D", iso)
+    assert m, iso
+    if m[3]:
+        return timedelta(days=int(m[3]))
+    return timedelta(minutes=int(m[1])) if m[2] == "M" else timedelta(hours=int(m[1]))
+
+
+def _heartbeat_function() -> str:
+    return literal(bicep(ALERTS_BICEP).vars()["heartbeatFunction"].value)
+
+
+def test_app_silent_rule_watches_a_function_the_app_runs_every_minute():
+    from datetime import UTC, datetime
+
+    from refresh.core import ncrontab
+
+    name = _heartbeat_function()
+    # The name is in one place: the variable, which the query uses.
+    assert ALERTS_BICEP.read_text(encoding="utf-8").count(f"'{name}'") == 1
+    [criterion] = _rules()["appSilent"]["criteria"]
+    assert f'where operation_Name == "{name}" and success == true' in criterion["query"]
+    assert "dimensions" not in criterion and "metricMeasureColumn" not in criterion  # one series, rows counted
+    assert (criterion["timeAggregation"], criterion["operator"], criterion["threshold"]) == ("Count", "LessThan", 1)
+    # function_app.py registers it as a timer, and the host knows it by that name (requests.name and
+    # operation_Name are the function's name).
+    function = app_functions()[name]
+    assert function.file == ROOT / "function_app.py"
+    timer = function.decorators["timer_trigger"]
+    [binding] = [b for b in runtime_functions()[name] if b["type"] == "timerTrigger"]
+    assert binding["schedule"] == timer["schedule"]
+    # Its schedule is a literal (not an app setting that could change it) that runs every minute at least,
+    # so a window holds many runs and one late or failed run never looks like silence.
+    schedule = ncrontab.parse(timer["schedule"])
+    at, gaps = schedule.next_after(datetime(2026, 1, 1, tzinfo=UTC)), []
+    for _ in range(3 * 24 * 60):
+        after = schedule.next_after(at)
+        gaps.append(after - at)
+        at = after
+    window = _duration(_rules()["appSilent"]["windowSize"])
+    assert max(gaps) <= timedelta(minutes=1) and window >= 10 * max(gaps)
+    # Its requests rows are never sampled away.
+    host = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+    assert "Request" in host["logging"]["applicationInsights"]["samplingSettings"]["excludedTypes"].split(";")
+
+
+def _request(function: str, at, success: bool = True) -> dict[str, Any]:
+    """A requests row as the Functions host writes one per execution: named after the function."""
+    return {"timestamp": at, "name": function, "operation_Name": function, "success": success,
+            "resultCode": "0" if success else "1", "itemCount": 1, "cloud_RoleName": "func-app"}
+
+
+def _window(rows: list[dict[str, Any]], now, rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows the service lets the query see: those of the rule's window ending now."""
+    return [r for r in rows if now - _duration(rule["windowSize"]) < r["timestamp"] <= now]
+
+
+def test_app_silent_rule_fires_when_the_heartbeat_stops_or_only_fails_and_resolves_when_it_is_back():
+    from datetime import UTC, datetime
+
+    rule = _rules()["appSilent"]
+    [criterion] = rule["criteria"]
+    name = _heartbeat_function()
+
+    def fired(rows, now) -> bool:
+        return _fired(criterion, run_kql(criterion["query"], {"requests": _window(rows, now, rule)})) == {(): 0}
+
+    start = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    minutes = [start + timedelta(minutes=i) for i in range(60)]
+    # Healthy: one run a minute, other functions busy too; one failed run among them changes nothing.
+    healthy = [_request(name, t) for t in minutes] + [_request("health", t) for t in minutes]
+    healthy[30]["success"] = False
+    assert not any(fired(healthy, start + timedelta(minutes=m)) for m in range(15, 60))
+
+    # Stopped after the run of 08:29 (plan stopped, crash on start): nothing arrives. A window ending
+    # at 08:43 still holds that run; from 08:44 on (window 08:29-08:44, its start excluded) the rule
+    # fires, however long the silence lasts.
+    stop = start + timedelta(minutes=29)
+    stopped = [r for r in healthy if r["timestamp"] <= stop]
+    assert not fired(stopped, stop + timedelta(minutes=14))
+    assert all(fired(stopped, stop + timedelta(minutes=m)) for m in (15, 20, 60, 600))
+    # The same with no telemetry at all, ever (a deployment that never started).
+    assert fired([], start)
+
+    # The heartbeat runs but fails every minute (storage unreachable): failed rows are silence too,
+    # also while the HTTP functions still answer.
+    failing = [dict(r, success=False) if r["name"] == name and r["timestamp"] > stop else r for r in healthy]
+    assert not fired(failing, stop + timedelta(minutes=14))
+    assert fired(failing, stop + timedelta(minutes=15)) and fired(failing, stop + timedelta(minutes=30))
+
+    # Back: the first successful run in the window resolves it (autoMitigate).
+    back = [*failing, _request(name, start + timedelta(minutes=62))]
+    assert fired(back, start + timedelta(minutes=61)) and not fired(back, start + timedelta(minutes=65))
+    # Only the heartbeat counts: rows of another function (even one named like it) are no heartbeat.
+    others = [r for r in healthy if r["name"] != name] + [_request(name + "_x", t) for t in minutes]
+    assert fired(others, start + timedelta(minutes=40))
+
+
 def test_alert_parameter_and_rules_are_documented():
     readme = DOCS.read_text(encoding="utf-8")
     section = readme[readme.index("### Alert rules (Azure Monitor)"):]
     section = " ".join(section[:section.index("\n### ", 5)].split())
     for text in ("refresh.outcomes", "refresh.freshness.lag", "customMetrics", "ALERT_EMAIL", "no managed identity",
-                 "refresh-failed", "freshness-breached", "Without `alertEmail`"):
+                 "refresh-failed", "freshness-breached", "app-silent", f"`{_heartbeat_function()}`", "`requests`",
+                 "Without `alertEmail`"):
         assert text in section, text

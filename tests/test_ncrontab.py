@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 
@@ -187,10 +186,8 @@ def test_naive_datetime_is_rejected():
 def test_impossible_schedule_raises_instead_of_hanging():
     feb_30 = Schedule("0 0 0 30 2 *", frozenset({0}), frozenset({0}), frozenset({0}), frozenset({30}),
                       frozenset({2}), frozenset(range(7)))
-    started = time.perf_counter()
     with pytest.raises(CronError, match="has no occurrence after 2024-01-01T00:00:00"):
         feb_30.next_after(at(2024, 1, 1))
-    assert time.perf_counter() - started < 1
     assert feb_30.occurrences(at(2024, 1, 1), at(2030, 1, 1)) == []
     assert feb_30.previous_at_or_before(at(2024, 1, 1)) is None
 
@@ -209,12 +206,9 @@ def test_schedule_rejects_out_of_range_sets():
                  frozenset({0}))
 
 
-def test_next_after_is_fast_for_sparse_schedules():
-    sparse = parse("0 0 0 29 2 MON")
-    started = time.perf_counter()
-    for _ in range(50):
-        sparse.next_after(at(2016, 3, 1))
-    assert time.perf_counter() - started < 1
+def test_next_after_finds_a_sparse_schedules_next_occurrence_years_ahead():
+    sparse = parse("0 0 0 29 2 MON")  # speed: benchmarks/bench_routing.py
+    assert sparse.next_after(at(2016, 3, 1)) == at(2044, 2, 29)  # the next 29 February that is a Monday
 
 
 # -- matches, occurrences, previous ---------------------------------------------------------------

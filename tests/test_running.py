@@ -30,8 +30,9 @@ def test_round_trip_keeps_the_keys_the_api_shows():
 
 
 def test_a_record_written_by_the_previous_version_is_read():
-    old = {"job_id": "a" * 32, "claimed_at": "c", "job": _job().to_dict(), "enhanced": False,
-           "lease_until": "l", "timeout_at": "t", "post_at": None, "refresh_id": "r",
+    old = {"job_id": "a" * 32, "claimed_at": "2026-11-21T12:00:00.000Z", "job": _job().to_dict(), "enhanced": False,
+           "lease_until": "2026-11-21T12:45:00.000Z", "timeout_at": "2026-11-21T12:30:00.000Z", "post_at": None,
+           "refresh_id": "r",
            "check_token": "2026-11-21T12:00:00.000Z#1a2b3c4d", "check_errors": 0, "attempts": 0,
            "daily_limit": 8, "workspace_id": "w", "workspace_name": "W", "dataset_id": "d", "dataset_name": "D",
            "started_at": "s", "estimate": 12.5, "next_check_at": "2026-11-21T12:00:10.000Z", "future_key": 1}

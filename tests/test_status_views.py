@@ -181,6 +181,23 @@ def test_page_shows_alert_delivery_failures(views):
     assert 'class="alerts"' not in other
 
 
+def test_a_datasets_page_shows_its_alert_problems_however_many_other_datasets_have(views):
+    """Old code: the dataset page filtered the overview's newest 10 problems, so 10 newer ones of other datasets
+    hid this dataset's own."""
+    world = views(2)
+    now = world.clock.now()
+    store = AlertStore(world.app.state_table)
+    store.create(AlertEvent.from_json({"id": "a" * 32, "event": "freshness_breached", "dataset": "ds000",
+                                       "occurred_at": iso(now - timedelta(hours=1)), "lag_seconds": 4000}),
+                 "failed", now - timedelta(hours=1), last_error="HTTP 500 for ds000")
+    for i in range(12):
+        store.create(AlertEvent.from_json({"id": f"{i:032x}", "event": "refresh_failed", "dataset": "ds001",
+                                           "occurred_at": iso(now), "lag_seconds": 0}),
+                     "failed", now + timedelta(seconds=i), last_error="HTTP 500 for ds001")
+    detail = world.call("status_page", "GET", "/api/status", params={"dataset": "ds000"}).get_body().decode()
+    assert "HTTP 500 for ds000" in detail and "HTTP 500 for ds001" not in detail
+
+
 def test_overview_at_300_datasets_is_small_and_puts_what_needs_attention_first(views):
     world = views(300)
     for i in range(300):
@@ -194,3 +211,23 @@ def test_overview_at_300_datasets_is_small_and_puts_what_needs_attention_first(v
     assert re.findall(r'id="ds-([^"]+)"', urgent) == [f"ds{i:03d}" for i in range(300) if i % 50 == 7]
     assert urgent.count("<svg") == 6 + 0 and "<svg" not in healthy
     assert len(re.findall(r'<tr class="dataset"', healthy)) == 294
+
+
+def test_a_job_end_updates_the_summary_in_the_write_that_releases_the_lease(views):
+    """The summary costs no request of its own at a job's end: the check reads the dataset's state entity, and
+    the end reads and writes it once (the release, with freshness and the summary folded in). Old code: a second
+    read and write for the summary."""
+    world = views(1)
+    world.sim.add_dataset(world.finance, "Model 0")
+    world.sim.refresh_duration = 1
+    world.commit("ds000", "gold/t000", versions=(1,), model_tables=None)
+    while world.app.outcomes.history("ds000", 1)[0]["status"] != Status.RUNNING:
+        assert world.pump.step() is not None
+    before = len(world.storage_urls)
+    world.pump.run()  # the first check sees the refresh Completed: the job ends
+    state_entity = [u for u in world.storage_urls[before:] if "PartitionKey='dataset',RowKey='ds000'" in u
+                    or "PartitionKey=%27dataset%27,RowKey=%27ds000%27" in u]
+    assert world.app.outcomes.history("ds000", 1)[0]["status"] == Status.COMPLETED
+    assert len(state_entity) == 3, state_entity  # the check's read; the release's read and write
+    summary = summaries.read_one(world.app.states, "ds000")
+    assert summary.last is not None and summary.last["status"] == Status.COMPLETED

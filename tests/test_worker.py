@@ -396,8 +396,11 @@ def test_lease_of_a_vanished_instance_expires(world):
     assert world.row(later.job_id)["status"] in ("Queued", "Waiting")  # the lease still holds
     world.pump.run()  # ... until it expires (timeout_minutes 30 + 15)
     old = world.row(first.job_id)
-    assert old["status"] == "Failed" and old["error_code"] == "LeaseExpired"
+    ids = {r["requestId"] for r in world.sim.refreshes(world.sales_ds)}
+    # the truth about the abandoned job's refresh, asked of Power BI once: it completed long ago
+    assert old["status"] == "Completed" and not old["error_code"]
     assert world.row(later.job_id)["status"] == "Completed"
+    assert {old["request_id"], world.row(later.job_id)["request_id"]} == ids and len(ids) == 2
     assert parse_iso(world.row(later.job_id)["started_at"]) >= parse_iso(old["queued_at"]) + timedelta(minutes=45)
 
 
@@ -410,11 +413,61 @@ def test_poison_queue_function_records_what_lands_there(world):
     assert world.row(job.job_id)["status"] == "Running"
     body = messages.JobMessage.new("check", "sales", job.job_id, world.clock.now()).encode()
     world.fn["on_refresh_poison"](fq.QueueMessage(id="poisoned-1", body=body.encode(), dequeue_count=5))
+    assert world.row(job.job_id)["status"] == "Running"  # its refresh still runs: followed by a new check
+    world.pump.run()
+    [refresh] = world.sim.refreshes(world.sales_ds)
     row = world.row(job.job_id)
-    assert row["status"] == "Failed" and "poison queue after 5 deliveries" in row["error_message"]
+    assert row["status"] == "Completed" and row["request_id"] == refresh["requestId"]
     assert tables.get_json(world.state("sales"), "running") is None  # the dataset is free again
     world.fn["on_refresh_poison"](fq.QueueMessage(id="poisoned-2", body=b"\xff\xfe garbage", dequeue_count=5))
     assert any("not UTF-8" in r["error_message"] for r in world.app.outcomes.history("_rejected"))
+
+
+def _poison(world, job_id: str, name: str = "poisoned") -> None:
+    import azure.functions.queue as fq
+
+    body = messages.JobMessage.new("check", "sales", job_id, world.clock.now()).encode()
+    world.fn["on_refresh_poison"](fq.QueueMessage(id=name, body=body.encode(), dequeue_count=5))
+
+
+def test_a_poisoned_job_whose_refresh_completed_is_recorded_completed_not_failed(world):
+    world.sim.refresh_duration = 30
+    job = world.commit()
+    world.pump.run(until=world.clock.now() + timedelta(seconds=61))
+    world.app.queue.real.clear_messages()  # its check chain is gone ...
+    world.pump._held.clear()
+    world.clock.advance(60)  # ... and Power BI finished the refresh meanwhile
+    world.sim.advance(60)
+    _poison(world, job.job_id)
+    [refresh] = world.sim.refreshes(world.sales_ds)
+    row = world.row(job.job_id)
+    assert row["status"] == "Completed" and row["request_id"] == refresh["requestId"] and not row["error_code"]
+    assert tables.get_json(world.state("sales"), "running") is None
+
+
+def test_a_poisoned_job_whose_refresh_cannot_be_read_says_its_end_is_unknown(world):
+    world.sim.refresh_duration = 30
+    job = world.commit()
+    world.pump.run(until=world.clock.now() + timedelta(seconds=61))
+    world.sim.fail_next(503, times=20, method="GET", path_contains="/refreshes")
+    _poison(world, job.job_id)
+    row = world.row(job.job_id)
+    assert row["status"] == "Failed" and row["error_code"] == "GaveUp"
+    assert "poison queue" in row["error_message"] and "whether it completed is unknown" in row["error_message"]
+    assert world.sim.refreshes(world.sales_ds)[0]["requestId"] in row["error_message"]
+
+
+def test_a_vanished_instance_whose_refresh_outlives_its_timeout_is_recorded_timed_out(world):
+    world.sim.refresh_duration = 4 * 3600
+    first = world.commit()
+    world.pump.run(until=world.clock.now() + timedelta(seconds=61))
+    world.app.queue.real.clear_messages()
+    world.pump._held.clear()
+    later = world.commit(versions=(2,))
+    world.pump.run(until=world.clock.now() + timedelta(minutes=50))  # past the lease (timeout 30 + 15 minutes)
+    old = world.row(first.job_id)
+    assert old["status"] == "TimedOut" and "cancelled" in old["error_message"]  # enhanced: cancelled, as a check would
+    assert world.row(later.job_id)["status"] in ("Running", "Completed", "Waiting")
 
 
 def test_change_arriving_while_claimed_then_busy_is_merged_into_the_claimed_job(world):

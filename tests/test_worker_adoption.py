@@ -11,6 +11,7 @@ import logging
 import pytest
 from worker_world import advance, aligned_world, refresh_ids
 
+from refresh.core import storage as tables
 from refresh.core.clock import parse_iso
 from refresh.core.context import set_app
 from refresh.dev.powerbi_sim.extras import bring_identity_up, lose_next_answer, start_other_refresh, take_identity_down
@@ -117,3 +118,32 @@ def test_a_lost_answer_is_adopted_only_when_the_details_match_what_was_posted(wo
     world.pump.run()
     row = world.row(job.job_id)
     assert row["adopted"] is True and "details match the POST (type Full, tables Orders)" in row["adopted_reason"]
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_an_unreadable_history_never_leads_to_a_second_post_while_the_first_may_have_started_a_refresh(world, status):
+    """The chaos suite's "accepted refresh without a row": a POST whose answer was lost, then the history read
+    that should find its refresh fails; posting again then started a second refresh and left the first one,
+    which Power BI ran to its end, in no row. The job must wait and look again instead."""
+    world.sim.refresh_duration = 1  # the lost POST's refresh is over before the job looks again: no busy answer
+    lose_next_answer(world.sim)  # Power BI starts the refresh, the answer never arrives
+    world.sim.fail_next(status, method="GET", path_contains="/refreshes", retry_after=2 if status == 429 else None)
+    job = world.commit()
+    world.pump.run()
+    [refresh] = world.sim.refreshes(world.sales_ds)  # one refresh only: the job never posted a second time
+    row = world.row(job.job_id)
+    assert row["status"] == "Completed" and row["adopted"] is True
+    assert row["request_id"] == refresh["requestId"]
+
+
+def test_when_the_history_stays_unreadable_the_row_says_the_outcome_is_unknown(world):
+    world.sim.refresh_duration = 1
+    lose_next_answer(world.sim)
+    world.sim.fail_next(503, times=50, method="GET", path_contains="/refreshes")
+    job = world.commit()
+    world.pump.run()
+    assert len(world.sim.refreshes(world.sales_ds)) == 1  # still never a second POST
+    row = world.row(job.job_id)
+    assert row["status"] == "Failed" and row["error_code"] == "HistoryUnreadable"
+    assert "got no answer" in row["error_message"] and "unknown" in row["error_message"]
+    assert tables.get_json(world.state("sales"), "running") is None  # the dataset is free again

@@ -1,5 +1,5 @@
 // Alerts on the telemetry the app writes (issue 12 item 9): an action group that e-mails one address,
-// and two log search alert rules on the Application Insights component. Deployed by main.bicep only
+// and three log search alert rules on the Application Insights component. Deployed by main.bicep only
 // when the alertEmail parameter is set.
 //
 // The rules query the OpenTelemetry metrics of refresh/monitoring/metrics.py, which the Azure Monitor
@@ -12,6 +12,19 @@
 //   * freshness breached: refresh.freshness.lag (a gauge, every export interval, per dataset) whose
 //     newest value in the window says breached == 'True'; stateful: the alert resolves itself once
 //     the dataset's newest value says 'False' (autoMitigate true).
+// Both see only telemetry that arrives: an app that is not running (stopped plan, crash on start,
+// broken deployment) or that fails every run (storage unreachable) sends none, and neither can fire.
+// Hence the third rule, on what the Functions host itself writes rather than on the app's metrics:
+//   * app silent: the host writes one row to the 'requests' table per function execution, named after
+//     the function (name and operation_Name), with success true/false; host.json excludes Request from
+//     sampling, so every execution is there. The timer function heartbeatFunction runs every minute
+//     whatever the datasets do. The rule counts its successful executions in the last 15 minutes and
+//     fires when there are none (Count of rows LessThan 1: a query that returns no rows counts 0; no
+//     dimensions, so there is always exactly one series to compare). Failed executions do not count:
+//     a heartbeat that fails every minute (storage unreachable, a broken deployment that still starts)
+//     is as silent as one that never runs. Stateful: resolves with the first successful run in the
+//     window (autoMitigate true). Log ingestion delay can make it fire late or, with a delay beyond the
+//     window, falsely: hence 15 minutes, not 5.
 // No identity on the rules (API 2021-08-01 has none): Azure Monitor runs the query with its own access
 // to the component in the same subscription; nothing is granted to anyone.
 
@@ -27,6 +40,9 @@ param ruleNamePrefix string
 var outcomesMetric = 'refresh.outcomes'
 var lagMetric = 'refresh.freshness.lag'
 var failureStatuses = '"Failed", "TimedOut", "Disabled", "NotRefreshable", "Rejected"'
+// Keep in step with function_app.py: the timer function that runs every minute (tests/test_infra.py
+// checks that the app registers it with a schedule that runs it at least every minute).
+var heartbeatFunction = 'run_schedules'
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
@@ -151,8 +167,47 @@ resource freshnessBreached 'Microsoft.Insights/scheduledQueryRules@2021-08-01' =
   }
 }
 
+resource appSilent 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
+  name: '${ruleNamePrefix}-app-silent'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Power BI refresh app silent'
+    description: 'No successful run of the every-minute timer function ${heartbeatFunction} (table requests) in the last 15 minutes: the app is not running (plan stopped, crash on start, broken deployment) or every run fails (e.g. storage unreachable). While it is silent the other rules cannot fire. Why: the function app\'s log stream, requests | where operation_Name == "${heartbeatFunction}", and exceptions. Resolves when a run succeeds again.'
+    severity: 1
+    enabled: true
+    scopes: [
+      applicationInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: 'requests\n| where operation_Name == "${heartbeatFunction}" and success == true'
+          timeAggregation: 'Count'
+          operator: 'LessThan'
+          threshold: 1
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
 output actionGroupId string = actionGroup.id
 output ruleNames array = [
   refreshFailed.name
   freshnessBreached.name
+  appSilent.name
 ]

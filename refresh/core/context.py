@@ -133,6 +133,7 @@ class App:
                         powerbi=self.powerbi, clock=self.clock, max_retry_after=self.settings.max_retry_after)
         worker.freshness = self.freshness
         worker.metrics = self.metrics
+        worker.catch_up = lambda tables: int(self.detector.catch_up(tables))  # the lake, once more, when due
         return worker
 
     # monitoring --------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from refresh.core import adhoc
+from refresh.core.adhoc import AdhocAccess
 from refresh.core.routing_model import (
     ENHANCED_OPTION_KEYS,
     MAX_DELAY,
@@ -51,8 +53,6 @@ from refresh.core.routing_schema import (
     json_object_hook,
     parse_datasets,
 )
-from refresh.jobs import adhoc
-from refresh.jobs.adhoc import AdhocAccess
 
 __all__ = [  # the routing config's public names: this module's own and the ones it re-exports
     "DATASET_KEYS", "ENHANCED_OPTION_KEYS", "MAX_DELAY", "MAX_SLO_MINUTES", "MAX_TABLE_LENGTH", "REFRESH_KEYS",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from refresh.core import adhoc
+from refresh.core.adhoc import AdhocAccess
 from refresh.core.ncrontab import CronError
 from refresh.core.ncrontab import parse as parse_schedule
 from refresh.core.routing_model import (
@@ -38,8 +40,6 @@ from refresh.core.validation import (
     text_problem,
     unicode_problem,
 )
-from refresh.jobs import adhoc
-from refresh.jobs.adhoc import AdhocAccess
 
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_$-]+$")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from refresh.core.adhoc import AdhocAccess, parse_setting
 from refresh.core.validation import unicode_problem
-from refresh.jobs.adhoc import AdhocAccess, parse_setting
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,7 +167,12 @@ class Settings:
 
 
 def _number(raw: Callable[[str], str], name: str, kind: type[Any], low: float, high: float) -> Any:
-    text = raw(name)
+    return number_setting(name, raw(name), kind, low, high)
+
+
+def number_setting(name: str, text: str, kind: type[Any], low: float, high: float) -> Any:
+    """The setting ``name``'s value ``text`` as ``kind`` (int or float) within ``low..high``; raises
+    :class:`SettingsError` naming the setting."""
     try:
         value = kind(text)
     except ValueError:
@@ -185,13 +190,20 @@ def _adhoc(text: str) -> AdhocAccess:
 
 
 def _url(value: str, name: str) -> str:
+    return url_setting(name, value).rstrip("/")
+
+
+def url_setting(name: str, value: str, *, secret: bool = False) -> str:
+    """The setting ``name``'s value checked as a URL: https, or plain http on loopback, with a host; raises
+    :class:`SettingsError` naming the setting (and, when ``secret``, never showing the value)."""
+    shown = "the value" if secret else repr(value)
     parts = urlsplit(value)
     loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise SettingsError(name, f"{value!r} must be an https URL (plain http only on loopback)")
+        raise SettingsError(name, f"{shown} must be an https URL (plain http only on loopback)")
     if not parts.hostname:
-        raise SettingsError(name, f"{value!r} has no host")
-    return value.rstrip("/")
+        raise SettingsError(name, f"{shown} has no host")
+    return value
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -43,6 +44,15 @@ def get_json(entity: Any, name: str, default: Any = None) -> Any:
     return json.loads(text) if text else default
 
 
+def raw_json(entity: Any, name: str) -> str:
+    """The stored text of a JSON property (its chunks joined), read or not."""
+    count = value(entity, f"{name}_n")
+    try:
+        return "".join(str(value(entity, f"{name}_{i}", "")) for i in range(int(count or 0)))
+    except (TypeError, ValueError):
+        return ""
+
+
 def put_json(entity: dict[str, Any], name: str, data: Any) -> None:
     """Store ``data`` as JSON in ``entity`` (chunked); removes stale chunks by writing empties."""
     text = json.dumps(data, separators=(",", ":"), sort_keys=True)
@@ -78,6 +88,28 @@ def write(table: Any, entity: dict[str, Any], etag: str | None) -> str:
     except ResourceNotFoundError:
         raise Conflict("entity was deleted meanwhile") from None
     return str(meta.get("etag"))
+
+
+def update(table: Any, pk: str, rk: str, mutate: Callable[[dict[str, Any]], bool], *, create: bool = False,
+           attempts: int = 20, what: str = "entity") -> Any | None:
+    """The one ETag-guarded read-modify-write: read the entity, let ``mutate`` change a copy in place (it returns
+    False to leave it as it is), write it guarded by the ETag it was read with; on a conflict, read again and
+    retry (``attempts`` times, then :class:`Conflict` naming ``what``). A missing entity: None, or with
+    ``create`` a new one from ``{PartitionKey, RowKey}`` (created only if still missing). Returns the entity as
+    written, or as read when unchanged (None when missing and unchanged)."""
+    for _ in range(attempts):
+        entity = get_entity(table, pk, rk)
+        if entity is None and not create:
+            return None
+        data = dict(entity) if entity is not None else {"PartitionKey": pk, "RowKey": rk}
+        if not mutate(data):
+            return entity
+        try:
+            write(table, data, entity.metadata["etag"] if entity is not None else None)
+            return data
+        except Conflict:
+            continue
+    raise Conflict(f"{what} kept changing under {attempts} attempts")
 
 
 def delete(table: Any, pk: str, rk: str, etag: str) -> None:

@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 LIST_BLOCK = 100          # versions per listing of the log while finding a run of new commits
 PASSES_AT_ONCE = 4        # passes over different tables that keep their whole read window at once (host.json
                           # blobs.maxDegreeOfParallelism); more share the read threads
+CATCH_UP_TABLES = 20      # tables of a job looked at once more when it falls due (refresh/jobs/worker.py)
 POSTPONE_AT = 0.75        # a late event postpones a job once less than this share of its debounce is left
 _POOL_LOCK = threading.Lock()
 
@@ -148,6 +149,20 @@ class Detector:
                 and hint_version <= result.watermark):
             self._late_event(table, routes)
         return result
+
+    def catch_up(self, tables_of_job: list[str]) -> int:
+        """Before a debounced job starts: a pass over each of its tables (at most :data:`CATCH_UP_TABLES`), so
+        commits that landed but whose events have not been handled yet go into the job (and move its due
+        time) instead of into a second refresh. Two requests per table when nothing is new (the watermark and
+        the next version's absence). Returns how many new commits were recorded; a table that cannot be read
+        is skipped (it never holds the refresh back)."""
+        found = 0
+        for table in tables_of_job[:CATCH_UP_TABLES]:
+            result = self.process(table)
+            if result.error:
+                log.info("table %s: not checked before its job starts (%s)", table, result.error)
+            found += len(result.commits)
+        return found
 
     def _late_event(self, table: str, routes: Routes) -> None:
         """An event for a commit already read: keep the jobs it went into from falling due (module docstring)."""

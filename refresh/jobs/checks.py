@@ -62,12 +62,8 @@ class Checks(Endings):
                 return "stale"
             log.warning("check of job %s (dataset %s): the live check is overdue since %s; taking over",
                         msg.job_id, msg.dataset, running.next_check_at)
-        ws, ds, rid = running.workspace_id, running.dataset_id, running.refresh_id
         try:
-            if running.enhanced:
-                status = self.powerbi.get_refresh(ws, ds, rid)
-            else:
-                status = self.powerbi.find_refresh(ws, ds, rid, top=10)
+            status = self._read_refresh(running)
         except pbi_errors.ThrottledError as exc:
             return self._next_check(msg.dataset, running,
                                     min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after))
@@ -90,6 +86,48 @@ class Checks(Endings):
             return self._timed_out(msg.dataset, running, now)
         elapsed = (now - parse_iso(running.started_at or running.claimed_at)).total_seconds()
         return self._next_check(msg.dataset, running, timing.next_check_delay(elapsed, running.estimate))
+
+    def _read_refresh(self, running: RunningJob) -> Any:
+        """The job's refresh as Power BI reports it now (None: not in the history)."""
+        ws, ds, rid = running.workspace_id, running.dataset_id, running.refresh_id
+        assert rid is not None
+        if running.enhanced:
+            return self.powerbi.get_refresh(ws, ds, rid)
+        return self.powerbi.find_refresh(ws, ds, rid, top=10)
+
+    def _end_unfollowed(self, dataset_key: str, running: RunningJob, now: datetime, *, error_code: str,
+                        why: str, resume: bool, follow_up: bool = True) -> str:
+        """The job's message chain broke (its message was given up, or its lease expired): ask Power BI once
+        and record the truth. Its refresh ended: that end. Still running: past the job's timeout, TimedOut as
+        the check chain would have recorded; else, with ``resume``, followed again by a new live check. What
+        cannot be known is said: Failed with ``error_code``, and the error message says what is unknown."""
+        rid = running.refresh_id
+        if rid:
+            try:
+                status = self._read_refresh(running)
+            except pbi_errors.PowerBIError as exc:
+                note = (f"; refresh {rid} could not be read ({_describe(exc)}): whether it completed is unknown, "
+                        "see the dataset's refresh history in Power BI")
+            else:
+                if status is not None and status.state != RefreshState.RUNNING:
+                    return self._finish(dataset_key, running, _STATE_TO_STATUS[status.state], now, status=status,
+                                        follow_up=follow_up)
+                if status is not None and now >= parse_iso(running.timeout_at):
+                    return self._timed_out(dataset_key, running, now, follow_up=follow_up)
+                if status is not None and resume:
+                    log.warning("job %s of dataset %s: %s; its refresh %s still runs, so it is followed again",
+                                running.job_id, dataset_key, why, rid)
+                    return self._next_check(dataset_key, running, timing.backoff(1, self.rng))
+                note = (f"; refresh {rid} was still running: its end is unknown, see the dataset's refresh "
+                        "history in Power BI" if status is not None else
+                        f"; refresh {rid} is not in Power BI's refresh history: its end is unknown")
+        elif running.unsure_since or running.post_at:
+            note = (f"; the POST sent at {running.unsure_since or running.post_at} got no answer: whether it started "
+                    "a refresh is unknown, see the dataset's refresh history in Power BI")
+        else:
+            note = "; no refresh had been started"
+        return self._finish(dataset_key, running, Status.FAILED, now, error_code=error_code, error_message=why + note,
+                            follow_up=follow_up)
 
     def _check_failed(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError,
                       now: datetime) -> str:
@@ -118,7 +156,7 @@ class Checks(Endings):
         self._send_check_message(dataset_key, running, delay)
         return "running"
 
-    def _timed_out(self, dataset_key: str, running: RunningJob, now: datetime) -> str:
+    def _timed_out(self, dataset_key: str, running: RunningJob, now: datetime, *, follow_up: bool = True) -> str:
         minutes = round((parse_iso(running.timeout_at) - parse_iso(running.claimed_at)).total_seconds() / 60)
         if running.enhanced:
             try:
@@ -129,7 +167,8 @@ class Checks(Endings):
         else:
             message = (f"refresh exceeded timeout_minutes={minutes}; a standard refresh cannot be cancelled, "
                        "Power BI may still be running it")
-        return self._finish(dataset_key, running, Status.TIMED_OUT, now, error_code="TimedOut", error_message=message)
+        return self._finish(dataset_key, running, Status.TIMED_OUT, now, error_code="TimedOut", error_message=message,
+                            follow_up=follow_up)
 
     def _redelivered(self) -> bool:
         """The message being handled was delivered before and that delivery did not finish (its instance

@@ -13,6 +13,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, summaries
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
@@ -35,9 +36,11 @@ class Endings:
     metrics: Any = None     # refresh.monitoring.metrics.Metrics
 
     def _finish(self, dataset_key: str, running: RunningJob, status_word: Status, now: datetime, *,
-                status: Any = None, error_code: str | None = None, error_message: str | None = None) -> str:
+                status: Any = None, error_code: str | None = None, error_message: str | None = None,
+                follow_up: bool = True) -> str:
         """Record the outcome row first, then release the lease: a crash in between leaves the lease, and the
-        redelivered check finds the end again and releases it."""
+        redelivered check finds the end again and releases it. ``follow_up``: send the message of a job that
+        waits for this one (False when the caller is handling that job's message)."""
         fields: dict[str, Any] = {}
         if status is not None:
             error_code = error_code or status.error_code
@@ -59,6 +62,7 @@ class Endings:
                 return False
             tables.put_json(data, "running", None)
             noted[:] = [self._note_in(data, dataset_key, row)]
+            _fold_summary(data, dataset_key, row)  # the status views' summary, in this same write
             if status_word == Status.COMPLETED:
                 # what the model now contains: per source table, the newest version refreshed
                 refreshed = tables.get_json(data, "refreshed", {}) or {}
@@ -72,11 +76,12 @@ class Endings:
         if noted and noted[0] is not None:
             self._noted(dataset_key, entity, noted[0])
         elif row is not None and row.get("status") in END_STATES:
-            self._note_freshness(dataset_key, row)  # the lease was not ours any more: a write of its own
-        follow_up = pending_of(entity) if entity else None
-        if follow_up is not None:
-            self._requeue("job", dataset_key, follow_up.job_id,
-                          max(0.0, (parse_iso(follow_up.due_at) - now).total_seconds()))
+            self._note_freshness(dataset_key, row)  # the lease was not ours any more: writes of their own
+            self._note_summary(dataset_key, row)
+        waiting = pending_of(entity) if entity and follow_up else None
+        if waiting is not None:
+            self._requeue("job", dataset_key, waiting.job_id,
+                          max(0.0, (parse_iso(waiting.due_at) - now).total_seconds()))
         return status_word.lower()
 
     def _finish_row(self, dataset_key: str, job_id: str, status_word: Status, now: datetime, *,
@@ -100,10 +105,11 @@ class Endings:
             _log_outcome(to_public(row))
             if self.metrics is not None:
                 self.metrics.record_outcome(dataset_key, str(status_word), to_public(row).get("duration_seconds"))
-        if row is not None and row.get("status") in END_STATES and not freshness_later:
-            # also on a second pass: a crash between the row and this write is repaired by the redelivery
-            self._note_freshness(dataset_key, row)
-        self._note_summary(dataset_key, row)
+        if not freshness_later:  # else the caller folds freshness and the summary into its own write
+            if row is not None and row.get("status") in END_STATES:
+                # also on a second pass: a crash between the row and this write is repaired by the redelivery
+                self._note_freshness(dataset_key, row)
+            self._note_summary(dataset_key, row)
         return row
 
     def _note_in(self, data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> Any:
@@ -207,20 +213,6 @@ class Endings:
         self._requeue("job", dataset_key, job.job_id, delay)
         return "waiting"
 
-    def _abandon(self, dataset_key: str, running: RunningJob, now: datetime) -> None:
-        self._finish_row(dataset_key, running.job_id, Status.FAILED, now, error_code="LeaseExpired",
-                         request_id=running.refresh_id,
-                         error_message="the job's lease expired before its end was seen (instance lost?)")
-
-        def clear(data: dict[str, Any]) -> bool:
-            current = _running_of(data)
-            if current and current.job_id == running.job_id:
-                tables.put_json(data, "running", None)
-                return True
-            return False
-
-        self.states.update(dataset_key, clear)
-
     def _drop_pending(self, dataset_key: str, job_id: str) -> None:
         def drop(data: dict[str, Any]) -> bool:
             job = pending_of(data)
@@ -249,6 +241,20 @@ JOINER_FIELDS = ("triggers", "requested_by", "reasons")
 job never replaces them, it adds to them."""
 
 
+def _fold_summary(data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> None:
+    """Fold the job's end into the dataset's summary on ``data``, a state entity about to be written (never fails
+    the job's end: the outcome row is the truth, and the next end brings the summary up to date)."""
+    if row is None:
+        return
+    try:
+        summary = summaries.DatasetSummary.from_entity(data)
+        if summary.fold(to_public(row)):
+            tables.put_json(data, summaries.COLUMN, summary.to_json())
+    except Exception as exc:
+        log.error("summary of dataset %s: could not fold the end of job %s (%s)", dataset_key, row.get("job_id"),
+                  type(exc).__name__)
+
+
 def _keep_joiners(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
     public = to_public(row)
     for name in JOINER_FIELDS:
@@ -263,7 +269,11 @@ class _Lost(Exception):
 
 
 def _running_of(entity: Any) -> RunningJob | None:
-    data = tables.get_json(entity, "running")
+    """The dataset's running job; :class:`~refresh.core.records.CorruptRecord` when it cannot be read."""
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError as exc:  # not JSON
+        raise CorruptRecord("running", f"not JSON ({exc})") from None
     return RunningJob.from_dict(data) if data else None
 
 

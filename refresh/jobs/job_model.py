@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from refresh.core.records import check_fields
+
 # What one job may hold. A job is stored twice in its dataset's entity (``pending``, then ``running``)
 # and its lists once more in single properties of its outcome row. Table Storage holds at most 1 MB
 # per entity and 64 KB per property, strings counted in UTF-16; what is stored is JSON with non-ASCII
@@ -64,8 +66,13 @@ class PendingJob:
         return bound(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PendingJob:
+    def from_dict(cls, data: dict[str, Any], column: str = "pending") -> PendingJob:
+        """The job from its stored form; :class:`~refresh.core.records.CorruptRecord` (naming the field) when a
+        field is missing or of the wrong type (``column``: where it is stored, for the message)."""
+        check_fields(cls, data, column)
         data = dict(data)
+        for table, change in data.get("sources", {}).items():
+            check_fields(SourceChange, change, f"{column}.sources[{table!r}]")
         data["sources"] = {t: SourceChange(**s) for t, s in data.get("sources", {}).items()}
         return cls(**data)
 

@@ -255,21 +255,15 @@ class Outcomes:
         where = self.locate(job_id)
         if where is None:
             return None
-        for _ in range(20):
-            entity = tables.get_entity(self.table, *where)
-            if entity is None:
-                return None
-            changed = change(dict(entity))
-            if not changed:
-                return dict(entity)
-            data = dict(entity)
-            data.update(_flatten(dict(changed)))
-            try:
-                tables.write(self.table, data, entity.metadata["etag"])
-                return data
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"outcome row of job {job_id} kept changing")
+
+        def apply(data: dict[str, Any]) -> bool:
+            changed = change(dict(data))
+            if changed:
+                data.update(_flatten(dict(changed)))
+            return bool(changed)
+
+        entity = tables.update(self.table, *where, apply, what=f"outcome row of job {job_id}")
+        return dict(entity) if entity is not None else None
 
     def history(self, dataset: str, top: int = 20) -> list[dict[str, Any]]:
         rows = []

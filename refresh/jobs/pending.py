@@ -41,6 +41,7 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages
 from refresh.jobs.job_model import (
     PendingJob,
@@ -263,51 +264,79 @@ class DatasetStates:
         """Move the due time of the pending job ``job_id`` out to ``due`` (never beyond ``max_delay_seconds``
         after it was created, never earlier than it is), ETag-guarded. Only a job made of commit changes
         alone: an explicit request is never delayed. Returns the job's due time as stored, or None when
-        that job is no longer pending (it started, or another job replaced it), is not commit-only, or the
-        stored record cannot be read (left as it is for the worker and the next change to deal with)."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(dataset)
-            try:
-                job = pending_of(entity)
-            except (ValueError, TypeError, KeyError) as exc:
-                log.warning("dataset %s: pending job not postponed, its record cannot be read (%s)", dataset, exc)
-                return None
-            if entity is None or job is None or job.job_id != job_id or job.triggers != ["commit"]:
-                return None
+        that job is no longer pending (it started, or another job replaced it) or is not commit-only."""
+        stored: list[str | None] = [None]
+
+        def move(data: dict[str, Any]) -> bool:
+            job = readable_pending(data)
+            if job is None or job.job_id != job_id or job.triggers != ["commit"]:
+                stored[0] = None
+                return False
             target = min(due, parse_iso(job.created_at) + timedelta(seconds=max_delay_seconds))
             if target <= parse_iso(job.due_at):
-                return job.due_at
-            job.due_at = iso(target)
-            data = dict(entity)
+                stored[0] = job.due_at
+                return False
+            job.due_at = stored[0] = iso(target)
             tables.put_json(data, "pending", job.to_dict())
-            try:
-                tables.write(self.table, data, entity.metadata["etag"])
-                return job.due_at
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+            return True
+
+        self.update(dataset, move)
+        return stored[0]
 
     def update(self, dataset: str, mutate: Callable[[dict[str, Any]], bool]) -> Any | None:
-        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts.
+        """Apply ``mutate`` to the entity (a dict) and write it ETag-guarded, retrying on conflicts
+        (:func:`refresh.core.storage.update`; the entity is created if missing).
 
         ``mutate`` returns False to leave the entity unchanged. Returns the entity as written (or None).
         """
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(dataset)
-            data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
-            if not mutate(data):
-                return entity
-            try:
-                tables.write(self.table, data, entity.metadata["etag"] if entity else None)
-                return data
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"dataset {dataset}: state kept changing under {MAX_CONFLICT_RETRIES} attempts")
+        return tables.update(self.table, PK_DATASET, tables.row_key(dataset), mutate, create=True,
+                             attempts=MAX_CONFLICT_RETRIES, what=f"dataset {dataset}: state")
 
 
 def pending_of(entity: Any | None) -> PendingJob | None:
-    data = tables.get_json(entity, "pending")
+    """The dataset's pending job; :class:`CorruptRecord` when the stored record cannot be read."""
+    try:
+        data = tables.get_json(entity, "pending")
+    except ValueError as exc:  # not JSON
+        raise CorruptRecord("pending", f"not JSON ({exc})") from None
     return PendingJob.from_dict(data) if data else None
+
+
+def readable_pending(entity: Any | None) -> PendingJob | None:
+    """For the views: the pending job, or None when there is none or it cannot be read (logged)."""
+    try:
+        return pending_of(entity)
+    except CorruptRecord as exc:
+        log.error("dataset %s: %s", tables.from_row_key(str((entity or {}).get("RowKey", "?"))), exc)
+        return None
+
+
+QUARANTINE_SUFFIX = "_quarantined"
+
+
+def quarantine(data: dict[str, Any], dataset: str) -> list[str]:
+    """Set aside, in ``data`` (a state entity about to be written), every job record (``pending``, ``running``)
+    that cannot be read: its stored text moves to ``<column>_quarantined`` (for a human to look at) and the
+    column is emptied, so the dataset can refresh again. Returns what was set aside, one line each."""
+    moved = []
+    for column, read in (("pending", pending_of), ("running", _strict_running)):
+        try:
+            read(data)
+        except CorruptRecord as exc:
+            data[column + QUARANTINE_SUFFIX] = tables.raw_json(data, column)[:30_000]
+            tables.put_json(data, column, None)
+            moved.append(str(exc))
+            log.error("dataset %s: %s; set aside as %s%s so the dataset can refresh again", dataset, exc, column,
+                      QUARANTINE_SUFFIX)
+    return moved
+
+
+def _strict_running(entity: Any | None) -> RunningJob | None:
+    try:
+        data = tables.get_json(entity, "running")
+    except ValueError as exc:
+        raise CorruptRecord("running", f"not JSON ({exc})") from None
+    return RunningJob.from_dict(data) if data else None
 
 
 def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict[str, Any] | None, Recorded]:
@@ -320,8 +349,12 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
             return None, Recorded(job_id=None, created=False)
         covered[change.table] = versions[-1]
 
-    job = pending_of(entity)
-    if job is None and change.table is None:
+    set_aside = False
+    try:
+        job = pending_of(entity)
+    except CorruptRecord:  # set aside below, in this same write; the change makes a new job, nothing is lost
+        job, set_aside = None, True
+    if job is None and change.table is None and not set_aside:
         running = _joinable_running(entity, change, now)
         if running is not None:
             return _join_running(entity, running, change)
@@ -363,6 +396,8 @@ def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> t
     job.due_at = iso(new_due)
 
     data = dict(entity) if entity else {"PartitionKey": PK_DATASET, "RowKey": tables.row_key(dataset)}
+    if set_aside:
+        quarantine(data, dataset)
     tables.put_json(data, "pending", job.to_dict())
     tables.put_json(data, "covered", covered)
     if change.table is not None and change.commit_times:

@@ -15,17 +15,13 @@ client's enhanced refresh rarely does. The earliest such refresh is the one.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from refresh.core.clock import parse_iso
 from refresh.jobs.running import Posted, RunningJob
-from refresh.powerbi import errors as pbi_errors
 from refresh.powerbi.models import RefreshStatus
-
-log = logging.getLogger(__name__)
 
 CLOCK_SKEW = 5.0       # seconds Power BI's clock may be behind ours
 HISTORY_TOP = 10
@@ -41,15 +37,16 @@ class Found:
 
 
 def find_own_refresh(powerbi: Any, running: RunningJob, ours: set[str]) -> Found | None:
-    """The refresh the job's unanswered POST started, if the history shows one (else None)."""
+    """The refresh the job's unanswered POST started, if the history shows one (else None).
+
+    Raises the :class:`~refresh.powerbi.errors.PowerBIError` when the history (or an enhanced refresh's
+    details) cannot be read: then nobody knows whether that POST started a refresh, and posting again
+    could start a second one that no row describes, so the caller must look again later instead.
+    """
     if not running.unsure_since:
         return None
     since = parse_iso(running.unsure_since)
-    try:
-        history = powerbi.get_refresh_history(running.workspace_id, running.dataset_id, top=HISTORY_TOP)
-    except pbi_errors.PowerBIError as exc:
-        log.info("job %s: could not read the refresh history to look for its own refresh: %s", running.job_id, exc)
-        return None
+    history = powerbi.get_refresh_history(running.workspace_id, running.dataset_id, top=HISTORY_TOP)
     kind = "viaenhancedapi" if running.enhanced else "viaapi"
     candidates = [e for e in history
                   if e.start_time is not None and e.start_time >= since - timedelta(seconds=CLOCK_SKEW)
@@ -70,11 +67,7 @@ def _details_match(powerbi: Any, running: RunningJob, entry: RefreshStatus) -> s
     """For an enhanced refresh: None if its execution details differ from what the POST asked for, else a
     note for the reason (empty when nothing could be compared)."""
     posted = running.unsure_posted or running.posted or Posted()  # what the unanswered POST asked for
-    try:
-        details = powerbi.get_refresh(running.workspace_id, running.dataset_id, entry.request_id)
-    except pbi_errors.PowerBIError as exc:
-        log.info("job %s: could not read the details of refresh %s: %s", running.job_id, entry.request_id, exc)
-        return ""
+    details = powerbi.get_refresh(running.workspace_id, running.dataset_id, entry.request_id)  # errors: see above
     wanted_type, wanted_tables = posted.type, posted.tables
     if wanted_type and details.refresh_type and details.refresh_type.lower() != str(wanted_type).lower():
         return None

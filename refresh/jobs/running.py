@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core.clock import iso, parse_iso
+from refresh.core.records import CorruptRecord, check_fields
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import RowFields
 
@@ -119,9 +120,17 @@ class RunningJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunningJob:
+        """The record from its stored form; :class:`~refresh.core.records.CorruptRecord` (naming the field) when a
+        field is missing or of the wrong type, or a time cannot be read."""
+        check_fields(cls, data, "running", skip=frozenset({"posted", "unsure_posted", "extra", "check_seq"}))
+        for name in ("claimed_at", "lease_until", "timeout_at"):
+            try:
+                parse_iso(data[name])
+            except ValueError:
+                raise CorruptRecord("running", f"field {name!r} is {str(data[name])[:40]!r}, not a time") from None
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in data.items() if k in known}
-        values["job"] = PendingJob.from_dict(data["job"])
+        values["job"] = PendingJob.from_dict(data["job"], "running.job")
         values["posted"] = Posted.from_dict(data.get("posted"))
         values["unsure_posted"] = Posted.from_dict(data.get("unsure_posted"))
         extra = {k: v for k, v in data.items() if k not in known and k != "check_token"}

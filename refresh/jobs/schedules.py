@@ -35,7 +35,7 @@ from refresh.core import storage as tables
 from refresh.core.clock import iso, parse_iso
 from refresh.jobs import summaries
 from refresh.jobs.outcomes import to_public
-from refresh.jobs.pending import Change, pending_of
+from refresh.jobs.pending import Change, readable_pending
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def unchanged(entity: Any | None) -> bool:
     """Whether nothing is new since the dataset's last completed refresh (``schedule_skip_if_unchanged``)."""
     if entity is None or not tables.value(entity, "last_success_at"):
         return False  # never refreshed by this app: nothing is known, so refresh
-    if pending_of(entity) is not None:
+    if readable_pending(entity) is not None:
         return False
     covered: dict[str, int] = tables.get_json(entity, "covered", {}) or {}
     refreshed: dict[str, int] = tables.get_json(entity, "refreshed", {}) or {}

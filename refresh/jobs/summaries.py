@@ -8,10 +8,12 @@ already holds pending, running, starts, refreshed, freshness)::
 ``recent`` holds the dataset's latest :data:`RECENT` ended outcomes, newest first; an entry is a compact
 copy of an outcome row (``last``, ``last_success``: :data:`ENTRY_FIELDS`, texts cut to :data:`MAX_ENTRY_TEXT`;
 ``recent``: :data:`RECENT_FIELDS`, texts cut to :data:`MAX_RECENT_TEXT`), about 3 KB for a full summary.
-It is written once per job end, by whoever records the end (the worker in refresh/jobs/endings.py, the
-scheduler's skips), as an ETag-guarded read-modify-write of the state entity (``DatasetStates.update``, which
-retries when detection or the worker changed the entity meanwhile): 2 storage requests per job end (1 when the
-end was already folded in, e.g. a redelivered message). Folding is idempotent (by job id), so a retried or
+It is written once per job end, by whoever records the end: the worker folds it into the write that releases
+the dataset's lease (refresh/jobs/endings.py ``_fold_summary``: 0 extra storage requests); other ends (a job that
+never held the lease, the scheduler's skips) use :func:`note_end`, an ETag-guarded read-modify-write of the
+state entity (``DatasetStates.update``, which retries when detection or the worker changed the entity
+meanwhile): 2 storage requests (1 when the end was already folded in, e.g. a redelivered message).
+Folding is idempotent (by job id), so a retried or
 duplicated end never shows twice. The views then read everything with ONE query (the dataset states),
 whatever the number of datasets.
 """

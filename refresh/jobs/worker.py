@@ -34,18 +34,20 @@ import logging
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
+from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, timing
 from refresh.jobs.checks import CHECK_GRACE, THROTTLE_DELAY, Checks
 from refresh.jobs.endings import _describe, _Lost, _recent, _running_of
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status
-from refresh.jobs.pending import DatasetStates, pending_of
+from refresh.jobs.pending import QUARANTINE_SUFFIX, DatasetStates, pending_of, quarantine
 from refresh.jobs.recovery import find_own_refresh, remember
 from refresh.jobs.running import Posted, PostLog, RunningJob, new_claim, row_fields
 from refresh.powerbi import errors as pbi_errors
@@ -89,6 +91,8 @@ class Worker(Checks):
         self.clock = clock
         self.max_retry_after = max_retry_after
         self.rng = rng or random.Random()
+        # the detector's catch_up (wired by refresh/core/context.py): a debounced job's tables, once more
+        self.catch_up: Callable[[list[str]], int] | None = None
         self._delivery = threading.local()  # the message being handled on this thread: its dequeue count
 
     # entry points -------------------------------------------------------------------------------
@@ -109,22 +113,44 @@ class Worker(Checks):
             log.info("%s message of job %s (dataset %s): the state changed meanwhile; dropped",
                      msg.type, msg.job_id, msg.dataset)
             return "stale"
+        except CorruptRecord as exc:
+            if not self._set_aside(msg, exc):
+                raise
+            return "set-aside"
         except Exception as exc:
             if dequeue_count >= max_dequeue_count:
                 self.give_up(msg, f"gave up after {dequeue_count} deliveries: {type(exc).__name__}: {exc}")
             raise
 
     def give_up(self, msg: messages.JobMessage, reason: str) -> None:
-        """Record the job as failed and free the dataset (last delivery, or the poison queue)."""
+        """A message of the job failed on its last delivery, or landed in the poison queue. A job that holds
+        the lease is ended with the truth Power BI reports about its refresh (and one whose refresh still runs
+        is followed again: see ``Checks._end_unfollowed``); a job that started nothing is recorded Failed
+        (``GaveUp``) and the dataset is freed."""
+        try:
+            self._give_up(msg, reason)
+        except CorruptRecord as exc:
+            if not self._set_aside(msg, exc, handle_again=False):
+                raise
+            self._finish_row(msg.dataset, msg.job_id, Status.FAILED, self.clock.now(), error_code="GaveUp",
+                             error_message=f"{reason}; {exc}")  # when the record was not its own
+
+    def _give_up(self, msg: messages.JobMessage, reason: str) -> None:
         now = self.clock.now()
         row = self.outcomes.get(msg.job_id)
         if row is not None and row.get("status") in END_STATES:
             return
+        entity = self.states.get(msg.dataset)
         if row is None:  # a job of the state whose creator stopped before writing its row
-            job = _job_of(self.states.get(msg.dataset), msg.job_id)
+            job = _job_of(entity, msg.job_id)
             if job is not None:
                 self.outcomes.ensure(msg.dataset, job)
-        self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp", error_message=reason)
+        running = _running_of(entity)
+        if running is not None and running.job_id == msg.job_id:
+            self._end_unfollowed(msg.dataset, running, now, error_code="GaveUp", why=reason, resume=True)
+            return
+        self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="GaveUp",
+                         error_message=f"{reason}; no refresh had been started")
 
         def release(entity: dict[str, Any]) -> bool:
             running = _running_of(entity)
@@ -139,6 +165,55 @@ class Worker(Checks):
 
         self.states.update(msg.dataset, release)
 
+    def _lake_moved_on(self, dataset_key: str, job: PendingJob) -> bool:
+        """A debounced job made of commits only, falling due: did its tables (those in the job, then the
+        dataset's other explicitly named ones; a glob's other tables are left to their events and the sweep)
+        commit again meanwhile (events late, detection behind)? Those commits go into this job first
+        (``catch_up``, the detector's pass), which moves its due time a debounce on, never past its max delay:
+        one refresh for a burst, not one mid-burst and another after it. Never holds a refresh back when the
+        lake cannot be read."""
+        ds = self.config.datasets.get(dataset_key)
+        if self.catch_up is None or ds is None or ds.debounce_seconds <= 0 or job.triggers != ["commit"]:
+            return False
+        tables = [*sorted(job.sources), *(s.table for s in ds.sources if not s.is_glob and s.table not in job.sources)]
+        try:
+            found = self.catch_up(tables)
+        except Exception as exc:  # the check is a courtesy: the refresh goes ahead
+            log.warning("job %s of dataset %s: its tables could not be checked for newer commits (%s: %s)",
+                        job.job_id, dataset_key, type(exc).__name__, str(exc).split("\n")[0][:200])
+            return False
+        if found:
+            log.info("job %s of dataset %s: %s newer commit(s) of its tables found as it fell due; they join it",
+                     job.job_id, dataset_key, found)
+        return found > 0
+
+    def _set_aside(self, msg: messages.JobMessage, exc: CorruptRecord, *, handle_again: bool = True) -> bool:
+        """A job record of the dataset cannot be read: set it aside (refresh/jobs/pending.py ``quarantine``), end
+        the message's job if the record was its own (Failed, ``CorruptState``: whether a refresh ran is unknown)
+        and handle the message again against the repaired state. False when nothing could be set aside."""
+        now = self.clock.now()
+        moved: list[str] = []
+        raw: list[str] = []
+
+        def move(data: dict[str, Any]) -> bool:
+            raw[:] = [tables.raw_json(data, "running") + tables.raw_json(data, "pending")]
+            moved[:] = quarantine(data, msg.dataset)
+            return bool(moved)
+
+        self.states.update(msg.dataset, move)
+        if not moved:
+            return False
+        row = self.outcomes.get(msg.job_id)
+        if row is not None and row.get("status") not in END_STATES and raw and msg.job_id in raw[0]:
+            self._finish_row(msg.dataset, msg.job_id, Status.FAILED, now, error_code="CorruptState",
+                             error_message=f"{'; '.join(moved)}; the record was set aside (state entity column "
+                                           f"*{QUARANTINE_SUFFIX}) so the dataset can refresh again; whether a "
+                                           "refresh of this job ran is unknown: see the dataset's refresh history "
+                                           "in Power BI")
+        if handle_again:
+            messages.send(self.queue, msg, 0)
+        return True
+
     # job: start a refresh -----------------------------------------------------------------------
     def _on_job(self, msg: messages.JobMessage) -> str:
         entity = self.states.get(msg.dataset)
@@ -147,11 +222,23 @@ class Worker(Checks):
             return self._resume(msg, running)
         job = pending_of(entity)
         if job is None or job.job_id != msg.job_id:
+            set_aside = str((entity or {}).get("pending" + QUARANTINE_SUFFIX) or "")
+            if msg.job_id in set_aside:  # detection set its unreadable record aside: say what became of it
+                self._finish_row(msg.dataset, msg.job_id, Status.FAILED, self.clock.now(), error_code="CorruptState",
+                                 error_message=f"the job's stored record could not be read and was set aside (state "
+                                               f"entity column pending{QUARANTINE_SUFFIX}); the changes it held went "
+                                               "into a new job; this job never ran")
+                return "set-aside"
             log.info("job %s of dataset %s: stale message (job no longer pending); dropped",
                      msg.job_id, msg.dataset)
             return "stale"
         now = self.clock.now()
         due = parse_iso(job.due_at)
+        if due <= now and self._lake_moved_on(msg.dataset, job):
+            job = pending_of(self.states.get(msg.dataset))
+            if job is None or job.job_id != msg.job_id:
+                return "stale"
+            due = parse_iso(job.due_at)
         if due > now:
             self._requeue("job", msg.dataset, job.job_id, (due - now).total_seconds(), attempt=msg.attempt)
             return "debounce"
@@ -163,7 +250,8 @@ class Worker(Checks):
                               detail=f"waiting for job {running.job_id} of this dataset to finish")
                 self._requeue("job", msg.dataset, job.job_id, delay)
                 return "waiting-for-lease"
-            self._abandon(msg.dataset, running, now)
+            self._end_unfollowed(msg.dataset, running, now, error_code="LeaseExpired", resume=False, follow_up=False,
+                                 why="the job's lease expired before its end was seen (instance lost?)")
 
         try:
             target = self._target(msg.dataset, job)
@@ -248,10 +336,9 @@ class Worker(Checks):
         return self._post(msg.dataset, running, target)
 
     def _post(self, dataset_key: str, running: RunningJob, target: Target) -> str:
-        if running.unsure_since:
-            found = self._find_own(dataset_key, running)
-            if found is not None:
-                return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
+        settled = self._adopt_own(dataset_key, running)
+        if settled is not None:
+            return settled
         job = running.job
         objects = job.objects()
         if running.enhanced:
@@ -279,12 +366,8 @@ class Worker(Checks):
             kind = "busy" if isinstance(exc, pbi_errors.RefreshBusyError) else "429"
             self.metrics.record_throttled(dataset_key, kind)
         if isinstance(exc, pbi_errors.RefreshBusyError):
-            if running.unsure_since:  # busy: perhaps with the refresh our unanswered POST started
-                found = self._find_own(dataset_key, running)
-                if found is not None:
-                    return self._started(dataset_key, running, found.refresh.request_id,
-                                         adopted_reason=found.reason)
-            return self._busy(dataset_key, running, exc)
+            settled = self._adopt_own(dataset_key, running)  # busy: perhaps with the refresh our unanswered POST
+            return settled if settled is not None else self._busy(dataset_key, running, exc)  # started
         if isinstance(exc, pbi_errors.ThrottledError):
             delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
             return self._back_to_pending(dataset_key, running, delay,
@@ -298,11 +381,8 @@ class Worker(Checks):
             running.attempts += 1
             self._save_running(dataset_key, running)
             return self._retry_job(dataset_key, running.job_id, running.attempts, exc)
-        if running.unsure_since:  # before failing: an earlier POST without an answer may have started it
-            found = self._find_own(dataset_key, running)
-            if found is not None:
-                return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
-        return self._start_failed(dataset_key, running.job, running, exc)
+        settled = self._adopt_own(dataset_key, running)  # an earlier POST without an answer may have started it
+        return settled if settled is not None else self._start_failed(dataset_key, running.job, running, exc)
 
     def _busy(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError) -> str:
         """Another refresh is executing: wait for it (its expected end), or re-post soon if none shows."""
@@ -372,8 +452,36 @@ class Worker(Checks):
     def _ours(self, dataset_key: str) -> list[dict[str, str]]:
         return tables.get_json(self.states.get(dataset_key), "ours", []) or []
 
-    def _find_own(self, dataset_key: str, running: RunningJob) -> Any:
-        return find_own_refresh(self.powerbi, running, {o["id"] for o in self._ours(dataset_key)})
+    def _adopt_own(self, dataset_key: str, running: RunningJob) -> str | None:
+        """With a POST of this job whose answer was never seen: adopt the refresh it started if the history
+        shows it; if the history cannot be read, look again later (posting now could start a second refresh
+        that no row describes). None: no such POST, or none of its refreshes in the history; go on."""
+        if not running.unsure_since:
+            return None
+        try:
+            found = find_own_refresh(self.powerbi, running, {o["id"] for o in self._ours(dataset_key)})
+        except pbi_errors.PowerBIError as exc:
+            return self._history_unreadable(dataset_key, running, exc)
+        if found is None:
+            return None
+        return self._started(dataset_key, running, found.refresh.request_id, adopted_reason=found.reason)
+
+    def _history_unreadable(self, dataset_key: str, running: RunningJob, exc: pbi_errors.PowerBIError) -> str:
+        why = (f"the POST sent at {running.unsure_since} got no answer and Power BI's refresh history, which "
+               f"would show whether it started a refresh, could not be read ({_describe(exc)})")
+        log.info("job %s of dataset %s: %s; not posting again before it can be read", running.job_id, dataset_key,
+                 why)
+        if isinstance(exc, pbi_errors.ThrottledError):
+            delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
+            return self._back_to_pending(dataset_key, running, delay, f"{why}; looking again in {delay:.0f} s", exc)
+        if _may_retry(exc, running.attempts + 1):
+            running.attempts += 1
+            self._save_running(dataset_key, running)
+            return self._retry_job(dataset_key, running.job_id, running.attempts, exc)
+        return self._start_failed(dataset_key, running.job, running, pbi_errors.PowerBIError(
+            f"{why}; whether that refresh ran is unknown: see Power BI's refresh history", code="HistoryUnreadable",
+            status=exc.status,
+            request_id=exc.request_id))
 
     def _retry_job(self, dataset_key: str, job_id: str, attempt: int, exc: pbi_errors.PowerBIError) -> str:
         delay = timing.backoff(attempt, self.rng)

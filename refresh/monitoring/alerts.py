@@ -35,12 +35,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.core.settings import ALERT_SETTINGS as ALERT_SETTINGS  # re-exported
-from refresh.core.settings import SettingsError
+from refresh.core.settings import SettingsError, number_setting, url_setting
 from refresh.jobs import messages
 from refresh.monitoring.alert_formats import FORMATS, render
 from refresh.monitoring.freshness import AlertEvent
@@ -96,33 +95,18 @@ class AlertSettings:
         """Read and validate the ``ALERT_*`` settings; raises :class:`SettingsError` naming the setting."""
         url = (env.get("ALERT_WEBHOOK_URL") or "").strip()
         if url:
-            _check_url(url, "ALERT_WEBHOOK_URL", secret=True)
+            url_setting("ALERT_WEBHOOK_URL", url, secret=True)
         fmt = (env.get("ALERT_WEBHOOK_FORMAT") or "json").strip().lower()
         if fmt not in FORMATS:
             raise SettingsError("ALERT_WEBHOOK_FORMAT", f"{fmt!r} is not one of {', '.join(FORMATS)}")
-        raw_timeout = (env.get("ALERT_WEBHOOK_TIMEOUT_SECONDS") or "10").strip()
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            raise SettingsError("ALERT_WEBHOOK_TIMEOUT_SECONDS", f"{raw_timeout!r} is not a number") from None
-        if not 1 <= timeout <= 120:
-            raise SettingsError("ALERT_WEBHOOK_TIMEOUT_SECONDS", f"{timeout} is outside 1..120")
+        timeout = number_setting("ALERT_WEBHOOK_TIMEOUT_SECONDS",
+                                 (env.get("ALERT_WEBHOOK_TIMEOUT_SECONDS") or "10").strip(), float, 1, 120)
         base = (env.get("ALERT_STATUS_BASE_URL") or "").strip()
         if base:
-            _check_url(base, "ALERT_STATUS_BASE_URL", secret=False)
+            url_setting("ALERT_STATUS_BASE_URL", base)
         elif (env.get("WEBSITE_HOSTNAME") or "").strip():
             base = f"https://{env['WEBSITE_HOSTNAME'].strip()}"
         return cls(webhook_url=url, format=fmt, timeout=timeout, base_url=base.rstrip("/") or None)
-
-
-def _check_url(value: str, name: str, *, secret: bool) -> None:
-    shown = "the value" if secret else repr(value)
-    parts = urlsplit(value)
-    loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"}
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise SettingsError(name, f"{shown} must be an https URL (plain http only on loopback)")
-    if not parts.hostname:
-        raise SettingsError(name, f"{shown} has no host")
 
 
 # -- queue message ---------------------------------------------------------------------------------------
@@ -209,25 +193,26 @@ class AlertStore:
 
     def update(self, alert_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
         """Read-modify-write ETag-guarded; ``change`` returns the fields to set (None: no change)."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            entity = self.get(alert_id)
-            if entity is None:
-                return None
-            fields = change(dict(entity))
+        def apply(data: dict[str, Any]) -> bool:
+            fields = change(dict(data))
             if fields is None:
-                return dict(entity)
-            data = {**dict(entity), **fields}
-            try:
-                tables.write(self.table, data, entity.metadata["etag"])
-                return data
-            except tables.Conflict:
-                continue
-        raise tables.Conflict(f"alert {alert_id} kept changing")
+                return False
+            data.update(fields)
+            return True
 
-    def problems(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Alerts that failed or are being retried, newest first (for the status page)."""
-        rows = [to_public(e) for e in self.table.query_entities(
-            "PartitionKey eq @pk and (status eq 'failed' or status eq 'retrying')", parameters={"pk": PK_ALERT})]
+        entity = tables.update(self.table, PK_ALERT, alert_id, apply, attempts=MAX_CONFLICT_RETRIES,
+                               what=f"alert {alert_id}")
+        return dict(entity) if entity is not None else None
+
+    def problems(self, limit: int = 20, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Alerts that failed or are being retried, newest first (for the status page); only ``dataset``'s
+        when given (filtered by the query, so another dataset's many problems never hide its own)."""
+        where = "PartitionKey eq @pk and (status eq 'failed' or status eq 'retrying')"
+        parameters = {"pk": PK_ALERT}
+        if dataset is not None:
+            where += " and dataset eq @ds"
+            parameters["ds"] = dataset
+        rows = [to_public(e) for e in self.table.query_entities(where, parameters=parameters)]
         rows.sort(key=lambda r: r.get("created_at") or "", reverse=True)
         return rows[:limit]
 

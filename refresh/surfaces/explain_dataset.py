@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from refresh.jobs.pending import pending_of, running_of
+from refresh.jobs.pending import readable_pending, running_of
 from refresh.monitoring.freshness import FreshnessRecord, duration_text, freshness_of
 
 
@@ -30,7 +30,7 @@ def explain_dataset(app: Any, key: str) -> dict[str, Any]:
     record = FreshnessRecord.from_entity(entity)
     slo = ds.freshness_slo_minutes * 60 if getattr(ds, "freshness_slo_minutes", None) else None
     view = freshness_of(record, slo, app.clock.now())
-    pending, running = pending_of(entity), running_of(entity)
+    pending, running = readable_pending(entity), running_of(entity)
 
     names = set(record.tables)
     for job in (pending, running.job if running else None):

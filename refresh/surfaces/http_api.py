@@ -23,6 +23,7 @@ from typing import Any
 
 import azure.functions as func
 
+from refresh.core import adhoc
 from refresh.core import storage as tables
 from refresh.core.clock import iso, parse_iso
 from refresh.core.context import get_app
@@ -40,9 +41,9 @@ from refresh.core.validation import (
     shown,
     text_problem,
 )
-from refresh.jobs import adhoc, summaries
+from refresh.jobs import summaries
 from refresh.jobs.outcomes import Status
-from refresh.jobs.pending import PK_DATASET, Change, pending_of
+from refresh.jobs.pending import PK_DATASET, Change, readable_pending
 from refresh.jobs.worker import SHARED_DAILY_LIMIT
 from refresh.monitoring.freshness import FreshnessRecord, freshness_of
 from refresh.surfaces.http_input import (  # noqa: F401  (MAX_BODY_BYTES, adhoc_key: part of this module's interface)
@@ -340,7 +341,7 @@ def dataset_summary(ds: Any, state: Any | None, summary: summaries.DatasetSummar
     """One dataset's summary (see :func:`collect_datasets`)."""
     from refresh.jobs.schedules import next_due
 
-    pending = pending_of(state)
+    pending = readable_pending(state)
     running = tables.get_json(state, "running")
     day_ago = now - timedelta(hours=24)
     starts = [s for s in tables.get_json(state, "starts", []) or [] if parse_iso(s) > day_ago]
@@ -510,10 +511,9 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     now = app.clock.now()
     links = page.link_params(req.params.get("code"))
     raw = req.params.get("dataset")
-    problems = alert_problems(app)
     if raw is None or raw == "":
         # text that is not valid Unicode is replaced once, in the finished page (html_response)
-        return page.html_response(page.render_overview(collect_datasets(app), now, links, alerts=problems))
+        return page.html_response(page.render_overview(collect_datasets(app), now, links, alerts=alert_problems(app)))
     key = dataset_key(raw, "dataset")
     rows = app.outcomes.history(key, page.HISTORY_ROWS)
     ds = app.config.datasets.get(key)
@@ -523,21 +523,21 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     if ds is not None:
         summary = dataset_summary(ds, app.states.get(key), summary_from_rows(rows), now)
     return page.html_response(page.render_dataset(key, readable(summary), readable(rows), now, links,
-                                                  alerts=readable([p for p in problems if p.get("dataset") == key])))
+                                                  alerts=readable(alert_problems(app, key))))
 
 
 ALERT_PROBLEMS_SHOWN = 10
 
 
-def alert_problems(app: Any) -> list[dict[str, Any]]:
-    """Alert deliveries that failed or are being retried, newest first (one query on the app's alert store,
-    ``app.alerter.store``). A failure to read them never takes the page down: it is logged and shown as no
-    problems."""
+def alert_problems(app: Any, dataset: str | None = None) -> list[dict[str, Any]]:
+    """Alert deliveries that failed or are being retried, newest first, of every dataset or of ``dataset`` (one
+    query on the app's alert store, ``app.alerter.store``). A failure to read them never takes the page down: it
+    is logged and shown as no problems."""
     from refresh.monitoring.alerts import AlertStore
 
     store: AlertStore = app.alerter.store
     try:
-        return store.problems(ALERT_PROBLEMS_SHOWN)
+        return store.problems(ALERT_PROBLEMS_SHOWN, dataset)
     except Exception:
         log.exception("status page: could not read alert delivery problems")
         return []
