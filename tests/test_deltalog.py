@@ -6,6 +6,7 @@ import itertools
 import json
 import pickle
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,9 @@ def test_real_unpartitioned_table(tmp_path: Path) -> None:
     empty_append = classify_version(reader, 1)  # delta-rs commits a WRITE that carries no data
     assert empty_append is not None
     assert (empty_append.operation, empty_append.data_change, empty_append.actions) == ("WRITE", False, 1)
+    stat = (root / "_delta_log" / "00000000000000000001.json").stat()
+    assert reader.last_modified(1) == datetime.fromtimestamp(stat.st_mtime, UTC)
+    assert reader.last_modified(7) is None
 
 
 def test_real_change_data_feed_table(tmp_path: Path) -> None:
@@ -695,6 +699,15 @@ def test_blob_reader_on_real_table(azurite: Azurite, unique: str) -> None:
     assert len(requests) == 1
     assert BlobLogReader(counted, "sales/none").commit_versions() == []
     assert BlobLogReader(counted, "sales/none").latest_version() is None
+
+    # last_modified: from the download when the reader read the commit (no request), else one request
+    props = container.get_blob_client(f"sales/orders/_delta_log/{commit_file_name(3)}").get_blob_properties()
+    requests.clear()
+    assert reader.last_modified(3) == props.last_modified and reader.last_modified(3).tzinfo is not None
+    assert requests == []
+    fresh = BlobLogReader(counted, "sales/orders")
+    assert fresh.last_modified(3) == props.last_modified and len(requests) == 1 and requests[0].startswith("HEAD ")
+    assert fresh.last_modified(99) is None
 
 
 def test_blob_reader_column_mapping(azurite: Azurite, unique: str) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -373,6 +374,10 @@ class LogReader(Protocol):
         """physical -> logical partition column names from the newest metaData <= ``before_version``."""
         ...
 
+    def last_modified(self, version: int) -> datetime | None:
+        """When the commit file was last written (None: unknown, or the file does not exist)."""
+        ...
+
 
 def _close(lines: Iterator[bytes]) -> None:
     close = getattr(lines, "close", None)
@@ -465,6 +470,10 @@ class _ReaderBase:
         """physical -> logical partition column names from the newest metaData <= ``before_version``."""
         return _find_column_mapping(self, before_version, limit)
 
+    def last_modified(self, version: int) -> datetime | None:
+        """When the commit file was last written (None: unknown, or the file does not exist)."""
+        return None
+
 
 class LocalLogReader(_ReaderBase):
     """:class:`LogReader` over a table folder on the local file system."""
@@ -481,6 +490,13 @@ class LocalLogReader(_ReaderBase):
         except FileNotFoundError:
             return None
         return _FileLines(handle)
+
+    def last_modified(self, version: int) -> datetime | None:
+        """The commit file's modification time (None when it does not exist)."""
+        try:
+            return datetime.fromtimestamp((self._log / commit_file_name(version)).stat().st_mtime, UTC)
+        except OSError:
+            return None
 
     def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
         """Sorted versions of the commit files in ``_delta_log`` (> ``after``, <= ``upto`` if given)."""
@@ -533,6 +549,22 @@ class BlobLogReader(_ReaderBase):
             return None
         self.modified[version] = getattr(downloader.properties, "last_modified", None)
         return iter_lines(downloader.chunks())
+
+    def last_modified(self, version: int) -> datetime | None:
+        """The commit blob's last-modified time: from its download when this reader read it, else one request
+        for its properties (None when it does not exist)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        modified = self.modified.get(version)
+        if modified is None:
+            try:
+                modified = self.container.get_blob_client(self._prefix + commit_file_name(version)) \
+                    .get_blob_properties().last_modified
+            except ResourceNotFoundError:
+                return None
+        if not isinstance(modified, datetime):
+            return None
+        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
 
     def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
         """Sorted commit versions (> ``after``, <= ``upto`` if given), listing only the ``_delta_log`` level.

@@ -395,8 +395,7 @@ class Detector:
     def _route(self, table: str, batch: list[CommitInfo], routes: Routes, result: TableResult,
                reader: LogReader | None = None) -> None:
         changed = [c.version for c in batch if c.data_change]
-        modified = getattr(reader, "modified", None)
-        times = tuple(commit_times(batch, self.clock.now(), modified.get if isinstance(modified, dict) else None))
+        times = tuple(commit_times(batch, self.clock.now(), reader.last_modified if reader is not None else None))
         for info in batch:
             log.info(
                 "commit detected: table=%s version=%s operation=%s data_change=%s partitions=%s datasets=%s",

@@ -29,7 +29,6 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
-from refresh.detection.deltafiles import LOG_DIR, commit_file_name
 from refresh.detection.deltalog import LogReader, close_lines
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ def commit_time(reader: LogReader, version: int) -> datetime | None:
     stamp = _commit_info_millis(reader, version)
     if stamp is not None:
         return datetime.fromtimestamp(stamp / 1000, UTC)
-    return _last_modified(reader, version)
+    return reader.last_modified(version)
 
 
 def _commit_info_millis(reader: LogReader, version: int) -> int | None:
@@ -152,22 +151,3 @@ def _commit_info_millis(reader: LogReader, version: int) -> int | None:
         close_lines(lines)
 
 
-def _last_modified(reader: LogReader, version: int) -> datetime | None:
-    name = f"{LOG_DIR}/{commit_file_name(version)}"
-    container = getattr(reader, "container", None)
-    if container is not None:  # BlobLogReader
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            props = container.get_blob_client(f"{reader.table}/{name}").get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        modified: datetime = props.last_modified
-        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
-    root = getattr(reader, "root", None)
-    if root is not None:  # LocalLogReader
-        try:
-            return datetime.fromtimestamp((root / name).stat().st_mtime, UTC)
-        except OSError:
-            return None
-    return None
