@@ -471,8 +471,7 @@ class _ReaderBase:
         return _find_column_mapping(self, before_version, limit)
 
     def last_modified(self, version: int) -> datetime | None:
-        """When the commit file was last written (None: unknown, or the file does not exist)."""
-        return None
+        return None  # unknown (see LogReader)
 
 
 class LocalLogReader(_ReaderBase):
@@ -555,16 +554,13 @@ class BlobLogReader(_ReaderBase):
         for its properties (None when it does not exist)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        modified = self.modified.get(version)
-        if modified is None:
-            try:
-                modified = self.container.get_blob_client(self._prefix + commit_file_name(version)) \
-                    .get_blob_properties().last_modified
-            except ResourceNotFoundError:
-                return None
-        if not isinstance(modified, datetime):
+        try:
+            modified = self.modified.get(version) or self.container.get_blob_client(
+                self._prefix + commit_file_name(version)).get_blob_properties().last_modified
+        except ResourceNotFoundError:
             return None
-        return modified if modified.tzinfo else modified.replace(tzinfo=UTC)
+        return None if not isinstance(modified, datetime) else modified if modified.tzinfo else \
+            modified.replace(tzinfo=UTC)
 
     def commit_versions(self, after: int | None = None, upto: int | None = None) -> list[int]:
         """Sorted commit versions (> ``after``, <= ``upto`` if given), listing only the ``_delta_log`` level.
