@@ -34,15 +34,17 @@ def _now() -> datetime:
 @pytest.fixture
 def app(azurite, unique):
     app = make_app(azurite.connection_string, CONFIG, token=unique, clock=FakeClock(_now()))
+    an_hour_ago = int(app.clock.now().timestamp() * 1000) - 3_600_000
     for table in ("t/a", "t/b"):
-        put(app, table, 0)
+        put(app, table, 0, an_hour_ago)  # committed before the app watched: history, never a job
         app.detector.process(table)  # first sight: starts after version 0
     return app
 
 
-def put(app, table: str, version: int) -> None:
-    body = b'{"commitInfo":{"operation":"WRITE"}}\n{"add":{"path":"p%d","partitionValues":{},"size":1,' \
-           b'"modificationTime":1,"dataChange":true}}' % version
+def put(app, table: str, version: int, timestamp_ms: int | None = None) -> None:
+    stamp = b',"timestamp":%d' % timestamp_ms if timestamp_ms is not None else b""
+    body = b'{"commitInfo":{"operation":"WRITE"%s}}\n{"add":{"path":"p%d","partitionValues":{},"size":1,' \
+           b'"modificationTime":1,"dataChange":true}}' % (stamp, version)
     app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(version)}", body, overwrite=True)
 
 

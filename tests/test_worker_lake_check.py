@@ -33,7 +33,7 @@ def _now() -> datetime:
 @pytest.fixture
 def rig(azurite, sim, powerbi_identity, registered, unique):
     workspace = sim.add_workspace("W", dedicated=True)
-    sim.add_dataset(workspace, "M")
+    sim.model_id = sim.add_dataset(workspace, "M")
     sim.add_dataset(workspace, "N")
     sim.refresh_duration = 2
     app = make_app(azurite.connection_string, CONFIG, token=unique, clock=FakeClock(_now()),
@@ -41,17 +41,23 @@ def rig(azurite, sim, powerbi_identity, registered, unique):
     align_wall(sim, app.clock.now())
     app.__dict__["queue"] = VirtualQueue(app.queue, app.clock)
     set_app(app)
+    an_hour_ago = int(app.clock.now().timestamp() * 1000) - 3_600_000
     for table in ("t/a", "t/b", "t/c"):
-        put(app, table, 0)
+        put(app, table, 0, an_hour_ago)  # committed before the app watched: history, never refreshed
         app.detector.process(table)  # first sight: starts after version 0
     yield app, Pump(app.queue, registered["run_refresh_job"], advance=[sim.advance]), sim
     set_app(None)
 
 
-def put(app, table: str, version: int) -> None:
-    body = b'{"commitInfo":{"operation":"WRITE"}}\n{"add":{"path":"p%d","partitionValues":{},"size":1,' \
-           b'"modificationTime":1,"dataChange":true}}' % version
+def put(app, table: str, version: int, timestamp_ms: int | None = None) -> None:
+    stamp = b',"timestamp":%d' % timestamp_ms if timestamp_ms is not None else b""
+    body = b'{"commitInfo":{"operation":"WRITE"%s}}\n{"add":{"path":"p%d","partitionValues":{},"size":1,' \
+           b'"modificationTime":1,"dataChange":true}}' % (stamp, version)
     app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(version)}", body, overwrite=True)
+
+
+def posts_to(sim, dataset_id: str) -> int:
+    return len([r for r in sim.requests if r.method == "POST" and r.path.endswith(f"/datasets/{dataset_id}/refreshes")])
 
 
 def test_commits_whose_events_are_late_join_the_job_as_it_falls_due(rig):
@@ -66,7 +72,7 @@ def test_commits_whose_events_are_late_join_the_job_as_it_falls_due(rig):
     assert row["job_id"] == job_id and row["status"] == "Completed"
     assert row["sources"] == {"t/a": {"first_version": 1, "last_version": 2, "commits": 2},
                               "t/b": {"first_version": 1, "last_version": 1, "commits": 1}}
-    assert len([r for r in sim.requests if r.method == "POST" and r.path.endswith("/refreshes")]) == 1
+    assert posts_to(sim, sim.model_id) == 1
     # the late events themselves now find nothing new: no second job
     assert not app.detector.process("t/a", 2).commits and not app.detector.process("t/b", 1).commits
     assert pending_of(app.states.get("d")) is None
