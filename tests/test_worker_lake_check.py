@@ -5,13 +5,13 @@ Azurite (lake, states, queue), Delta commit files, the Power BI simulator, the r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
+from test_detect_backlog import _now, put
 
 from refresh.core.clock import FakeClock
 from refresh.core.context import set_app
-from refresh.detection.deltalog import commit_file_name
 from refresh.dev.powerbi_sim.extras import align_wall
 from refresh.dev.testing.harness import make_app
 from refresh.dev.testing.pump import Pump, VirtualQueue
@@ -23,11 +23,6 @@ CONFIG = {"datasets": {
     "now": {"workspace": "W", "dataset": "N", "sources": [{"table": "t/c"}],
             "debounce_seconds": 0, "max_delay_seconds": 0},
 }}
-
-
-def _now() -> datetime:
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 @pytest.fixture
@@ -47,13 +42,6 @@ def rig(azurite, sim, powerbi_identity, registered, unique):
         app.detector.process(table)  # first sight: starts after version 0
     yield app, Pump(app.queue, registered["run_refresh_job"], advance=[sim.advance]), sim
     set_app(None)
-
-
-def put(app, table: str, version: int, timestamp_ms: int | None = None) -> None:
-    stamp = b',"timestamp":%d' % timestamp_ms if timestamp_ms is not None else b""
-    body = b'{"commitInfo":{"operation":"WRITE"%s}}\n{"add":{"path":"p%d","partitionValues":{},"size":1,' \
-           b'"modificationTime":1,"dataChange":true}}' % (stamp, version)
-    app.lake.upload_blob(f"{table}/_delta_log/{commit_file_name(version)}", body, overwrite=True)
 
 
 def posts_to(sim, dataset_id: str) -> int:

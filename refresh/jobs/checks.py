@@ -65,8 +65,7 @@ class Checks(Endings):
         try:
             status = self._read_refresh(running)
         except pbi_errors.ThrottledError as exc:
-            return self._next_check(msg.dataset, running,
-                                    min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after))
+            return self._next_check(msg.dataset, running, self._throttle_delay(exc))
         except (pbi_errors.TokenError, pbi_errors.TransportError) as exc:
             if not exc.before_request:  # a GET that got no answer: counted like any transient error
                 return self._check_failed(msg.dataset, running, exc, now)
@@ -86,6 +85,10 @@ class Checks(Endings):
             return self._timed_out(msg.dataset, running, now)
         elapsed = (now - parse_iso(running.started_at or running.claimed_at)).total_seconds()
         return self._next_check(msg.dataset, running, timing.next_check_delay(elapsed, running.estimate))
+
+    def _throttle_delay(self, exc: pbi_errors.PowerBIError) -> float:
+        """How long to wait after a 429: its Retry-After (else a minute), at least 1 s, at most the cap."""
+        return min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
 
     def _read_refresh(self, running: RunningJob) -> Any:
         """The job's refresh as Power BI reports it now (None: not in the history)."""

@@ -13,11 +13,10 @@ from typing import Any
 
 from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
-from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, summaries
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status, duration_seconds, to_public
-from refresh.jobs.pending import DatasetStates, pending_of
+from refresh.jobs.pending import DatasetStates, pending_of, running_record
 from refresh.jobs.running import MAX_LIST, PostLog, RunningJob, capped_job, row_fields, sources_of
 from refresh.powerbi import errors as pbi_errors
 
@@ -244,15 +243,11 @@ job never replaces them, it adds to them."""
 def _fold_summary(data: dict[str, Any], dataset_key: str, row: dict[str, Any] | None) -> None:
     """Fold the job's end into the dataset's summary on ``data``, a state entity about to be written (never fails
     the job's end: the outcome row is the truth, and the next end brings the summary up to date)."""
-    if row is None:
-        return
     try:
-        summary = summaries.DatasetSummary.from_entity(data)
-        if summary.fold(to_public(row)):
-            tables.put_json(data, summaries.COLUMN, summary.to_json())
+        summaries.fold_into(data, to_public(row) if row is not None else None)
     except Exception as exc:
-        log.error("summary of dataset %s: could not fold the end of job %s (%s)", dataset_key, row.get("job_id"),
-                  type(exc).__name__)
+        log.error("summary of dataset %s: could not fold the end of job %s (%s)", dataset_key,
+                  (row or {}).get("job_id"), type(exc).__name__)
 
 
 def _keep_joiners(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
@@ -268,13 +263,7 @@ class _Lost(Exception):
     """The state changed under us so that this message no longer applies."""
 
 
-def _running_of(entity: Any) -> RunningJob | None:
-    """The dataset's running job; :class:`~refresh.core.records.CorruptRecord` when it cannot be read."""
-    try:
-        data = tables.get_json(entity, "running")
-    except ValueError as exc:  # not JSON
-        raise CorruptRecord("running", f"not JSON ({exc})") from None
-    return RunningJob.from_dict(data) if data else None
+_running_of = running_record  # the dataset's running job; CorruptRecord when it cannot be read
 
 
 def _absorb(job: PendingJob, newer: PendingJob) -> None:

@@ -93,17 +93,10 @@ def running_of(entity: Any | None) -> RunningJob | None:
     """The dataset's running job (the lease), read defensively: None when there is none or when the
     stored record cannot be read (then nothing joins it; the worker deals with the record itself)."""
     try:
-        data = tables.get_json(entity, "running")
-    except ValueError:
+        running = running_record(entity)
+    except CorruptRecord:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("job_id"), str) or not data["job_id"]:
-        return None
-    try:
-        running = RunningJob.from_dict(data)
-        parse_iso(running.lease_until)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return None
-    return running
+    return running if running is not None and running.job_id else None
 
 
 @dataclass
@@ -293,13 +286,23 @@ class DatasetStates:
                              attempts=MAX_CONFLICT_RETRIES, what=f"dataset {dataset}: state")
 
 
+def _stored(entity: Any | None, column: str) -> Any:
+    try:
+        return tables.get_json(entity, column)
+    except ValueError as exc:  # not JSON
+        raise CorruptRecord(column, f"not JSON ({exc})") from None
+
+
 def pending_of(entity: Any | None) -> PendingJob | None:
     """The dataset's pending job; :class:`CorruptRecord` when the stored record cannot be read."""
-    try:
-        data = tables.get_json(entity, "pending")
-    except ValueError as exc:  # not JSON
-        raise CorruptRecord("pending", f"not JSON ({exc})") from None
+    data = _stored(entity, "pending")
     return PendingJob.from_dict(data) if data else None
+
+
+def running_record(entity: Any | None) -> RunningJob | None:
+    """The dataset's running job (the lease); :class:`CorruptRecord` when the stored record cannot be read."""
+    data = _stored(entity, "running")
+    return RunningJob.from_dict(data) if data else None
 
 
 def readable_pending(entity: Any | None) -> PendingJob | None:
@@ -319,7 +322,7 @@ def quarantine(data: dict[str, Any], dataset: str) -> list[str]:
     that cannot be read: its stored text moves to ``<column>_quarantined`` (for a human to look at) and the
     column is emptied, so the dataset can refresh again. Returns what was set aside, one line each."""
     moved = []
-    for column, read in (("pending", pending_of), ("running", _strict_running)):
+    for column, read in (("pending", pending_of), ("running", running_record)):
         try:
             read(data)
         except CorruptRecord as exc:
@@ -329,14 +332,6 @@ def quarantine(data: dict[str, Any], dataset: str) -> list[str]:
             log.error("dataset %s: %s; set aside as %s%s so the dataset can refresh again", dataset, exc, column,
                       QUARANTINE_SUFFIX)
     return moved
-
-
-def _strict_running(entity: Any | None) -> RunningJob | None:
-    try:
-        data = tables.get_json(entity, "running")
-    except ValueError as exc:
-        raise CorruptRecord("running", f"not JSON ({exc})") from None
-    return RunningJob.from_dict(data) if data else None
 
 
 def _merge(entity: Any | None, dataset: str, change: Change, now: datetime) -> tuple[dict[str, Any] | None, Recorded]:

@@ -104,6 +104,16 @@ class DatasetSummary:
         return True
 
 
+def fold_into(data: dict[str, Any], row: Mapping[str, Any] | None) -> bool:
+    """Fold an ended outcome row (public form) into the summary on ``data``, a state entity about to be written;
+    False when there is nothing to change (not ended, or already in)."""
+    summary = DatasetSummary.from_entity(data)
+    if row is None or not summary.fold(row):
+        return False
+    tables.put_json(data, COLUMN, summary.to_json())
+    return True
+
+
 def note_end(states: Any, dataset: str, row: Mapping[str, Any] | None) -> bool:
     """Fold an ended outcome row into the summary on the dataset's state entity (``states``: a
     :class:`refresh.jobs.pending.DatasetStates`), ETag-guarded: 2 requests, 1 when it is already in. Returns whether
@@ -114,10 +124,7 @@ def note_end(states: Any, dataset: str, row: Mapping[str, Any] | None) -> bool:
     wrote: list[bool] = [False]
 
     def fold(data: dict[str, Any]) -> bool:
-        summary = DatasetSummary.from_entity(data)
-        wrote[0] = summary.fold(row)
-        if wrote[0]:
-            tables.put_json(data, COLUMN, summary.to_json())
+        wrote[0] = fold_into(data, row)
         return wrote[0]
 
     try:

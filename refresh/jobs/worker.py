@@ -43,7 +43,7 @@ from refresh.core import storage as tables
 from refresh.core.clock import Clock, iso, parse_iso
 from refresh.core.records import CorruptRecord
 from refresh.jobs import messages, timing
-from refresh.jobs.checks import CHECK_GRACE, THROTTLE_DELAY, Checks
+from refresh.jobs.checks import CHECK_GRACE, Checks
 from refresh.jobs.endings import _describe, _Lost, _recent, _running_of
 from refresh.jobs.job_model import PendingJob
 from refresh.jobs.outcomes import END_STATES, Outcomes, Status
@@ -369,7 +369,7 @@ class Worker(Checks):
             settled = self._adopt_own(dataset_key, running)  # busy: perhaps with the refresh our unanswered POST
             return settled if settled is not None else self._busy(dataset_key, running, exc)  # started
         if isinstance(exc, pbi_errors.ThrottledError):
-            delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
+            delay = self._throttle_delay(exc)
             return self._back_to_pending(dataset_key, running, delay,
                                          f"Power BI throttled the request (429); retrying in {delay:.0f} s", exc)
         if isinstance(exc, pbi_errors.DailyLimitError):
@@ -472,7 +472,7 @@ class Worker(Checks):
         log.info("job %s of dataset %s: %s; not posting again before it can be read", running.job_id, dataset_key,
                  why)
         if isinstance(exc, pbi_errors.ThrottledError):
-            delay = min(max(exc.retry_after or THROTTLE_DELAY, 1.0), self.max_retry_after)
+            delay = self._throttle_delay(exc)
             return self._back_to_pending(dataset_key, running, delay, f"{why}; looking again in {delay:.0f} s", exc)
         if _may_retry(exc, running.attempts + 1):
             running.attempts += 1
